@@ -1,0 +1,97 @@
+"""What every genjax config shares: data, augmentation, training and logging.
+
+Method configs (`configs/ddpm.py`, ...) call `get_base_config(variant)` and add
+their own `model` (and method-specific) sections. Variants follow the
+ml_collections `path.py:arg` convention:
+
+  no arg   research scale (128 px phantom or a real dataset, GPU/TPU)
+  :cpu     a small model that trains in minutes on 2 CPU cores
+  :smoke   runs in seconds; used by the tests
+
+Every field can be overridden on the command line, e.g.
+`--config.data.image_size=128`; a field that does not exist is rejected.
+"""
+
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+VARIANTS = ("", "cpu", "smoke")
+
+
+def parse_variant(arg):
+  """Returns the variant name for `path.py:arg`; rejects unknown variants."""
+  variant = (arg or "").strip()
+  if variant not in VARIANTS:
+    raise ValueError(
+        f"Unknown config variant {arg!r}: use one of "
+        f"{', '.join(repr(v) for v in VARIANTS if v)} or none (research scale).")
+  return variant
+
+
+def get_base_config(variant=""):
+  """The shared config; `variant` is '', 'cpu' or 'smoke'."""
+  variant = parse_variant(variant)
+  config = ml_collections.ConfigDict()
+  config.method = ""  # Set by the method config: 'ddpm', 'vae' or 'gan'.
+  config.variant = variant
+  config.seed = 0
+
+  # --- Data -----------------------------------------------------------------
+  # `dataset` is a TFDS name: 'brain_phantom' (embedded, built on first use) or
+  # 'nifti_folder' (your own volumes, read from `manual_dir`).
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = "brain_phantom"
+  # BuilderConfig of the dataset: brain_phantom has 'tiny' (32 px), 'res64'
+  # and 'res128'; nifti_folder has 'ixi', 'atlas' and 'custom'.
+  data.builder_config = {"smoke": "tiny", "cpu": "res64", "": "res128"}[variant]
+  data.data_dir = os.environ.get(
+      "GENJAX_DATA_DIR", os.path.join("~", "tensorflow_datasets"))
+  # Where nifti_folder reads the volumes you downloaded (see README).
+  data.manual_dir = config_dict.placeholder(str)
+  data.train_split = "train"  # 'train' (healthy) or 'train_mixed'.
+  data.eval_split = "test"
+  data.val_split = "validation"
+  data.image_size = {"smoke": 32, "cpu": 64, "": 128}[variant]
+  # Axial slice indices [start, stop) kept, per volume; None keeps all.
+  data.slice_range = config_dict.placeholder(tuple)
+  # Slices whose brain covers less than this fraction of the slice are dropped.
+  data.min_brain_fraction = 0.1
+  # Robust intensity normalisation per volume: brain-voxel percentiles mapped
+  # to [-1, 1] (values outside are clipped). Must be on the grid the builders
+  # store (genjax.data.builders.PERCENTILES).
+  data.clip_percentiles = (0.5, 99.5)
+  # Oversample lesion slices of the training split to this fraction
+  # (class balancing); None keeps the natural ratio.
+  data.lesion_fraction = config_dict.placeholder(float)
+  data.shuffle_buffer = 10_000
+  data.cache = True
+  data.prefetch = 2
+
+  # --- On-device augmentation (applied inside the jitted train step) --------
+  config.augment = aug = ml_collections.ConfigDict()
+  aug.elastic = False
+  aug.elastic_alpha = 4.0  # Displacement scale, pixels.
+  aug.elastic_sigma = 6.0  # Smoothness of the displacement field, pixels.
+  aug.gamma = False
+  aug.gamma_range = (0.7, 1.5)
+  aug.crop = False  # Random resized crop, resized back to image_size.
+  aug.crop_scale = (0.7, 1.0)  # Fraction of the area kept.
+  aug.crop_ratio = (0.8, 1.25)  # Aspect ratio range.
+  aug.flip_lr = False
+  aug.flip_ud = False
+  aug.intensity = False  # Random scale and shift of brain intensities.
+  aug.scale_range = (0.9, 1.1)
+  aug.shift_range = (-0.1, 0.1)
+
+  # --- Training -------------------------------------------------------------
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = {"smoke": 4, "cpu": 32, "": 64}[variant]  # Global batch.
+  train.num_steps = {"smoke": 4, "cpu": 2000, "": 200_000}[variant]
+  train.log_every = {"smoke": 1, "cpu": 50, "": 500}[variant]
+  train.ckpt_every = {"smoke": 2, "cpu": 500, "": 5000}[variant]
+  train.keep_checkpoints = 3
+  train.sample_every = {"smoke": 4, "cpu": 1000, "": 10_000}[variant]
+  train.num_samples = {"smoke": 4, "cpu": 16, "": 64}[variant]
+  return config
