@@ -72,7 +72,7 @@ def get_base_config(variant=""):
   # --- On-device augmentation (applied inside the jitted train step) --------
   config.augment = aug = ml_collections.ConfigDict()
   aug.elastic = False
-  aug.elastic_alpha = 4.0  # Displacement scale, pixels.
+  aug.elastic_alpha = 4.0  # Largest displacement, pixels.
   aug.elastic_sigma = 6.0  # Smoothness of the displacement field, pixels.
   aug.gamma = False
   aug.gamma_range = (0.7, 1.5)

@@ -1,0 +1,72 @@
+r"""Score-based diffusion (DDPM, VP discretisation) on brain MRI slices.
+
+  python -m experiments.main --config=configs/ddpm.py:cpu --workdir=runs/ddpm_cpu
+  python -m experiments.main --config=configs/ddpm.py:cpu --workdir=runs/ddpm_cpu --mode=sample
+  python -m experiments.main --config=configs/ddpm.py --workdir=runs/ddpm   # 128 px, GPU/TPU
+
+Variants: none = research scale (128 px, T=1000, ancestral sampling), `:cpu`
+(64 px, a small UNet that trains on 2 CPU cores in about 20 minutes; DDIM
+sampling), `:smoke` (32 px, seconds; the tests use it).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import base
+
+
+def get_config(arg=None):
+  config = base.get_base_config(arg)
+  variant = config.variant
+  config.method = "ddpm"
+  pick = lambda research, cpu, smoke: {"": research, "cpu": cpu,
+                                       "smoke": smoke}[variant]
+
+  # The UNet (genjax.nn.unet.UNet); attention_resolutions are level indices.
+  config.model = model = ml_collections.ConfigDict()
+  model.base_channels = pick(128, 32, 8)
+  model.channel_mult = pick((1, 1, 2, 2, 4), (1, 2, 2, 2), (1, 2))
+  model.num_res_blocks = pick(2, 1, 1)
+  model.attention_resolutions = pick((3, 4), (3,), (1,))
+  model.num_heads = 1
+  model.head_channels = pick(64, 32, 8)
+  model.dropout = pick(0.1, 0.0, 0.0)
+  model.num_groups = pick(32, 8, 4)
+
+  # The forward process and the training objective.
+  config.diffusion = diffusion = ml_collections.ConfigDict()
+  diffusion.schedule = "linear"  # 'linear' or 'cosine'.
+  diffusion.num_timesteps = 1000
+  diffusion.prediction = "eps"  # 'eps', 'x0' or 'v'.
+  diffusion.weighting = "none"  # 'none' (L_simple) or 'min_snr'.
+  diffusion.ema_decay = pick(0.9999, 0.995, 0.9)
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = pick(1e-4, 1e-3, 1e-3)
+  optim.warmup_steps = pick(5000, 100, 1)
+  optim.schedule = "constant"  # or 'cosine' (decays to 0 at decay_steps).
+  optim.decay_steps = config.train.num_steps
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.weight_decay = 0.0
+  optim.grad_clip = 1.0
+
+  # `--mode=sample` and the sample grids written during training.
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.sampler = pick("ddpm", "ddim", "ddim")  # 'ddpm', 'ddim', 'pc', 'ode'.
+  # Model evaluations per sample; None = every timestep (ddpm, ddim).
+  sample.num_steps = config_dict.FieldReference(pick(None, 50, 5), int)
+  sample.eta = 0.0  # DDIM only: 0 deterministic, 1 ancestral.
+  sample.snr = 0.16  # pc only: Langevin corrector signal-to-noise ratio.
+  sample.n_corrector_steps = 1  # pc only.
+  sample.clip_x0 = 1.0  # Clip x0 predictions to the data range [-1, 1].
+  sample.num_samples = pick(64, 16, 4)
+
+  # Pseudo-healthy reconstruction (AnoDDPM): noise to t, denoise back.
+  config.anomaly = anomaly = ml_collections.ConfigDict()
+  anomaly.noise_level = 200  # t of T: noising steps before denoising.
+  anomaly.noise = "gaussian"
+  anomaly.sampler = pick("ddpm", "ddim", "ddim")
+  anomaly.num_steps = config_dict.FieldReference(pick(None, 20, 4), int)
+  # None = every step from t to 0.
+  return config

@@ -1,0 +1,739 @@
+"""TFDS builders: 3D brain volumes in, one example per axial slice out.
+
+Two datasets share one example schema (`slice_features`) and one
+volume-to-examples conversion (`volume_examples`):
+
+  brain_phantom  the embedded phantom (`genjax.data.phantom`); configs 'tiny'
+                 (32 px), 'res64', 'res128'; generated on first use, no
+                 download.
+  nifti_folder   your own NIfTI volumes under `manual_dir`; configs 'custom',
+                 'ixi', 'atlas' (layouts in MANUAL_DOWNLOAD_INSTRUCTIONS).
+
+Examples are written in generation order (subject by subject, slice by slice;
+`disable_shuffling=True`), so every build holds the same examples in the same
+order and a subject's slices are contiguous when read back, which lets detect
+mode reassemble volumes. Shuffle in tf.data (or pass `shuffle_files=True` to
+`load_split`).
+
+The pipeline calls `load_split(config.data, split)`; `get_builder` gives the
+builder itself (splits, example counts, features).
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import multiprocessing
+import os
+import pathlib
+import re
+from typing import NamedTuple, Optional
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from genjax.data import nifti
+from genjax.data import phantom
+
+# Brain-voxel intensity percentiles stored with every slice (of the whole
+# volume), the grid `config.data.clip_percentiles` chooses from.
+PERCENTILES = (0., 0.1, 0.5, 1., 2., 5., 10., 25., 50., 75., 90., 95., 98.,
+               99., 99.5, 99.9, 100.)
+LABEL_NAMES = ("healthy", "lesion")
+# Every split a genjax dataset may have; a builder emits those it has data for.
+SPLITS = ("train", "train_mixed", "validation", "test")
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+MASK_SUFFIX = "_mask"  # custom layout: <stem>_mask.nii[.gz]
+BRAIN_SUFFIX = "_brain"  # every layout: optional <stem>_brain.nii[.gz]
+ATLAS_IMAGE_SUFFIX = "_T1w"
+ATLAS_MASK_SUFFIX = "_label-L_desc-T1lesion_mask"
+IXI_VALIDATION_PERCENT = 10
+
+
+# --- Example schema -----------------------------------------------------------
+
+
+def slice_features(height=None, width=None):
+  """The feature schema of every genjax slice dataset.
+
+  Args:
+    height: slice height H (the volume's Y size), None if it varies.
+    width: slice width W (the volume's X size), None if it varies.
+
+  Returns:
+    A `tfds.features.FeaturesDict`; decoded, an example is
+      image        float32 [H, W, 1]  raw intensities, displayed orientation
+      mask         uint8 [H, W, 1]    lesion {0, 1}
+      brain        uint8 [H, W, 1]    brain {0, 1}
+      label        int64 []           0 'healthy' / 1 'lesion' (mask.any())
+      subject      string []          subject id
+      slice        int32 []           axial index k in the RAS volume
+      percentiles  float32 [len(PERCENTILES)]  brain-voxel percentiles
+      affine       float32 [4, 4]     voxel-to-RAS-mm affine of the volume
+  """
+  shape = (height, width, 1)
+  # zlib: slices are mostly background zeros, so this shrinks the records
+  # several-fold; it also allows the unknown H, W of nifti_folder.
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(
+          shape=shape, dtype=np.float32, encoding="zlib"),
+      "mask": tfds.features.Tensor(shape=shape, dtype=np.uint8,
+                                   encoding="zlib"),
+      "brain": tfds.features.Tensor(shape=shape, dtype=np.uint8,
+                                    encoding="zlib"),
+      "label": tfds.features.ClassLabel(names=LABEL_NAMES),
+      "subject": tfds.features.Text(),
+      "slice": tfds.features.Scalar(dtype=np.int32),
+      "percentiles": tfds.features.Tensor(
+          shape=(len(PERCENTILES),), dtype=np.float32),
+      "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float32),
+  })
+
+
+def display_slice(volume_slice):
+  """Axial slice [X, Y] of a RAS volume -> displayed image [Y, X, 1].
+
+  Anterior at the top and the patient's right on the right of the image
+  (neurological convention), as ITK-SNAP shows it.
+  """
+  return np.ascontiguousarray(np.rot90(volume_slice)[..., None])
+
+
+def volume_examples(subject_id, image, mask, brain, affine):
+  """Yields one example per axial slice of a RAS volume.
+
+  Args:
+    subject_id: unique subject id (str); keys are `<subject_id>/<k>`.
+    image: float [X, Y, Z] raw intensities, RAS orientation.
+    mask: lesion mask [X, Y, Z] (> 0 is lesion), or None for a healthy subject.
+    brain: brain mask [X, Y, Z] (> 0 is brain); must not be empty.
+    affine: [4, 4] voxel-to-RAS-mm affine of `image`.
+
+  Yields:
+    (key, example) with the `slice_features()` schema, k = 0 .. Z-1.
+  """
+  image = np.asarray(image, dtype=np.float32)
+  if image.ndim != 3:
+    raise ValueError(f"Subject {subject_id}: image must be [X, Y, Z], got "
+                     f"shape {image.shape}.")
+  if mask is None:
+    mask = np.zeros(image.shape, np.uint8)
+  mask = (np.asarray(mask) > 0).astype(np.uint8)
+  brain = (np.asarray(brain) > 0).astype(np.uint8)
+  for name, array in (("mask", mask), ("brain", brain)):
+    if array.shape != image.shape:
+      raise ValueError(f"Subject {subject_id}: {name} shape {array.shape} "
+                       f"differs from the image shape {image.shape}.")
+  if not brain.any():
+    raise nifti.NiftiError(
+        f"Subject {subject_id}: the brain mask is empty (with no brain mask "
+        "file, the brain is image > 0, so the image is all <= 0). Check the "
+        "volume, or give a <stem>_brain.nii.gz mask.")
+  affine = np.asarray(affine, dtype=np.float32)
+  if affine.shape != (4, 4):
+    raise ValueError(f"Subject {subject_id}: affine must be [4, 4], got "
+                     f"{affine.shape}.")
+  percentiles = np.percentile(image[brain > 0], PERCENTILES).astype(np.float32)
+  for k in range(image.shape[2]):
+    lesion = display_slice(mask[:, :, k])
+    yield f"{subject_id}/{k:04d}", {
+        "image": display_slice(image[:, :, k]),
+        "mask": lesion,
+        "brain": display_slice(brain[:, :, k]),
+        "label": int(lesion.any()),
+        "subject": subject_id,
+        "slice": np.int32(k),
+        "percentiles": percentiles,
+        "affine": affine,
+    }
+
+
+# --- brain_phantom ------------------------------------------------------------
+
+
+def _num_workers():
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
+# Splits with fewer voxels than this (~10 res128 subjects) are generated in
+# this process.
+_PARALLEL_MIN_VOXELS = 10 * 128**3
+
+
+def _make_subject(args):
+  image_size, seed, is_patient = args
+  return phantom.make_subject(image_size, seed, is_patient)
+
+
+def _make_subjects(image_size, plans, num_workers):
+  """Yields `phantom.make_subject` volumes for `plans`, in order.
+
+  With several workers, subjects are generated in a process pool a few ahead
+  of the consumer (bounded, so memory stays at a few volumes per worker).
+  """
+  jobs = [(image_size, p.seed, p.is_patient) for p in plans]
+  # A worker process pays a few seconds to load the templates, so a pool only
+  # pays off for large splits (res128: ~1 s per subject on one core).
+  voxels = len(jobs) * image_size**3
+  if num_workers <= 1 or voxels < _PARALLEL_MIN_VOXELS:
+    yield from map(_make_subject, jobs)
+    return
+  # 'spawn': forking a process that already runs TensorFlow's threads can
+  # deadlock the children.
+  context = multiprocessing.get_context("spawn")
+  done = 0
+  try:
+    with concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=context) as pool:
+      pending = collections.deque()
+      for job in jobs:
+        pending.append(pool.submit(_make_subject, job))
+        if len(pending) > 2 * num_workers:
+          yield pending.popleft().result()
+          done += 1
+      while pending:
+        yield pending.popleft().result()
+        done += 1
+  except concurrent.futures.process.BrokenProcessPool:
+    # Spawned workers re-import the main script; one that starts the build at
+    # import time (no `if __name__ == "__main__":` guard) kills them. Every
+    # subject is a pure function of its seed, so finishing here gives the
+    # same dataset.
+    logging.warning(
+        "Phantom worker processes died (is the main script missing an "
+        "`if __name__ == '__main__':` guard?); generating the remaining %d "
+        "subjects in this process.", len(jobs) - done)
+    yield from map(_make_subject, jobs[done:])
+
+
+class BrainPhantom(tfds.core.GeneratorBasedBuilder):
+  """Synthetic brain MRI volumes (healthy and with lesions), sliced axially."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release: phantom volumes from genjax.data.phantom, "
+               "one example per axial slice; splits train (healthy), "
+               "train_mixed (healthy + patients), validation (healthy), "
+               "test (patients + healthy).",
+  }
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(
+          name=name,
+          description=(
+              f"Phantom volumes of {spec.image_size}x{spec.image_size}-pixel "
+              "axial slices: "
+              f"{spec.n_train} train, {spec.n_mixed_healthy}+"
+              f"{spec.n_mixed_patients} train_mixed (healthy+patients), "
+              f"{spec.n_validation} validation, {spec.n_test_patients}+"
+              f"{spec.n_test_healthy} test (patients+healthy) subjects."))
+      for name, spec in phantom.SPECS.items()
+  ]
+  # Generation processes; None uses every core this process may run on.
+  NUM_WORKERS: Optional[int] = None
+
+  def _info(self):
+    size = phantom.SPECS[self.builder_config.name].image_size
+    return self.dataset_info_from_configs(
+        description=(
+            "Synthetic T1-like brain MRI phantom generated by genjax (no "
+            "download). Healthy subjects and patients with lesions; one "
+            "example per axial slice of each RAS volume, raw intensities."),
+        features=slice_features(size, size),
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing to download.
+    spec = phantom.SPECS[self.builder_config.name]
+    plans = phantom.subject_plan(spec)
+    unknown = sorted({p.split for p in plans} - set(SPLITS))
+    if unknown:
+      raise ValueError(f"phantom.subject_plan({spec.name!r}) returned unknown "
+                       f"splits {unknown}; expected {SPLITS}.")
+    by_split = {s: [p for p in plans if p.split == s] for s in SPLITS}
+    return {s: self._generate_examples(spec.image_size, split_plans)
+            for s, split_plans in by_split.items() if split_plans}
+
+  def _generate_examples(self, image_size, plans):
+    num_workers = self.NUM_WORKERS or _num_workers()
+    volumes = _make_subjects(image_size, plans, num_workers)
+    for plan, volume in zip(plans, volumes):
+      yield from volume_examples(plan.subject_id, volume.image, volume.lesion,
+                                 volume.brain, volume.affine)
+
+
+# --- nifti_folder -------------------------------------------------------------
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+genjax reads NIfTI volumes (.nii or .nii.gz) that you put under `manual_dir`
+(config.data.manual_dir, e.g. --config.data.manual_dir=~/data/ixi). genjax
+assumes skull-stripped volumes registered to MNI space (e.g. with
+HD-BET/SynthStrip and ANTs/FSL FLIRT); volumes are reoriented to RAS and
+sliced axially, not resampled. A brain mask is optional everywhere: put
+`<stem>_brain.nii[.gz]` next to the image `<stem>.nii[.gz]`; without it the
+brain is `image > 0` (right for skull-stripped volumes, wrong otherwise).
+Masks must be on the image's voxel grid.
+
+config 'custom':  manual_dir/<split>/ for any of train, train_mixed,
+  validation, test; each holds images `<stem>.nii[.gz]`, optional lesion
+  masks `<stem>_mask.nii[.gz]` (no mask: a healthy subject) and optional
+  brain masks `<stem>_brain.nii[.gz]`. The subject id is <stem>; a subject
+  may appear in one split only.
+
+config 'ixi':  IXI T1 (healthy; https://brain-development.org/ixi-dataset/),
+  skull-stripped and MNI-registered by you, keeping the file names:
+  manual_dir/IXI-T1/IXI*-T1.nii.gz. Split by subject into train / validation
+  (about 90/10, from a stable hash of the subject id).
+
+config 'atlas':  ATLAS v2.0 (stroke; https://fcon_1000.projects.nitrc.org/
+  indi/retro/atlas.html), the Training part (the test part has no masks),
+  unpacked anywhere under manual_dir in its BIDS layout:
+  **/sub-*_T1w.nii.gz with the lesion mask
+  *_label-L_desc-T1lesion_mask.nii.gz in the same folder
+  (space MNI152NLin2009aSym). ATLAS images are NOT skull-stripped: add
+  <stem>_brain.nii.gz masks (or skull-strip the images). All subjects go to
+  the 'test' split.
+
+The prepared dataset is cached in data_dir/nifti_folder/<config>/; genjax
+refuses to use it if the files under manual_dir change; delete that folder to
+rebuild.
+"""
+
+
+class Subject(NamedTuple):
+  """One volume to convert: its files (None: no such mask)."""
+  subject_id: str
+  image: pathlib.Path
+  mask: Optional[pathlib.Path]
+  brain: Optional[pathlib.Path]
+
+
+def _stem(path):
+  """'a/b/sub-1_T1w.nii.gz' -> 'sub-1_T1w'; None if not a NIfTI file name."""
+  for suffix in NIFTI_SUFFIXES:
+    if path.name.endswith(suffix):
+      return path.name[:-len(suffix)]
+  return None
+
+
+def _is_hidden(path, root):
+  return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _nifti_files(folder, recursive=False):
+  """{stem: path} of the NIfTI files in `folder`; duplicate stems rejected."""
+  paths = folder.rglob("*") if recursive else folder.iterdir()
+  files = {}
+  for path in sorted(paths):
+    stem = _stem(path)
+    # Hidden files are OS debris (e.g. macOS '._x.nii.gz'), not volumes.
+    if stem is None or _is_hidden(path, folder) or not path.is_file():
+      continue
+    key = str(path.parent / stem)
+    if key in files:
+      raise nifti.NiftiError(
+          f"{files[key]} and {path}: two files for the same volume. Keep "
+          "one of them.")
+    files[key] = path
+  return files
+
+
+def _pair_files(files, image_pattern, mask_suffix, mask_required):
+  """Matches images with their lesion and brain masks.
+
+  Args:
+    files: {parent/stem: path} from `_nifti_files`.
+    image_pattern: regex an image stem must fully match.
+    mask_suffix: lesion mask stem = image stem (minus `_T1w` for ATLAS) +
+      this, or None if the layout has no lesion masks.
+    mask_required: a missing lesion mask is an error (else: healthy).
+
+  Returns:
+    [(image, mask or None, brain or None)] sorted by image path.
+  """
+  def mask_key(image_key):
+    if not mask_suffix:
+      return None
+    base = image_key
+    if base.endswith(ATLAS_IMAGE_SUFFIX) and mask_suffix == ATLAS_MASK_SUFFIX:
+      base = base[:-len(ATLAS_IMAGE_SUFFIX)]
+    return base + mask_suffix
+
+  images = {k: p for k, p in files.items()
+            if re.fullmatch(image_pattern, pathlib.Path(k).name)}
+  used = set(images)
+  triples = []
+  for key, image in sorted(images.items()):
+    mask = files.get(mask_key(key))
+    brain = files.get(key + BRAIN_SUFFIX)
+    if mask_suffix and mask is None and mask_required:
+      raise nifti.NiftiError(
+          f"{image}: no lesion mask {pathlib.Path(mask_key(key)).name}"
+          ".nii.gz next to it. This layout needs one per image: add it, or "
+          "remove the image.")
+    used.update(p for p in (mask_key(key), key + BRAIN_SUFFIX) if p in files)
+    triples.append((image, mask, brain))
+  for key, path in sorted(files.items()):
+    name = pathlib.Path(key).name
+    is_mask = bool(mask_suffix) and name.endswith(mask_suffix)
+    if key not in used and (is_mask or name.endswith(BRAIN_SUFFIX)):
+      raise nifti.NiftiError(
+          f"{path}: a mask with no matching image (expected the image "
+          "next to it, named like the mask without its suffix). Add the "
+          "image or remove the mask.")
+  ignored = sorted(str(p) for k, p in files.items() if k not in used)
+  if ignored:
+    logging.warning("Ignoring %d NIfTI files that are neither images nor "
+                    "masks of this layout: %s", len(ignored),
+                    ", ".join(ignored[:10]))
+  return triples
+
+
+def _custom_subjects(manual_dir):
+  """{split: [Subject]} of the 'custom' layout."""
+  found = {}
+  for entry in sorted(manual_dir.iterdir()):
+    if entry.name.startswith("."):
+      continue  # Hidden: .DS_Store, .ipynb_checkpoints, ...
+    if entry.is_dir() and entry.name not in SPLITS:
+      raise nifti.NiftiError(
+          f"{entry}: unknown split folder. Split folders in {manual_dir} must "
+          f"be among {', '.join(SPLITS)}; rename or move it.")
+    if entry.is_file() and _stem(entry) is not None:
+      raise nifti.NiftiError(
+          f"{entry}: volumes must be in split folders "
+          f"({manual_dir}/train/, .../test/, ...), not in manual_dir itself.")
+  for split in SPLITS:
+    folder = manual_dir / split
+    if not folder.is_dir():
+      continue
+    files = _nifti_files(folder)
+    # Anything not a mask or brain mask is an image.
+    image_pattern = (rf"(?!.*({MASK_SUFFIX}|{BRAIN_SUFFIX})$).+")
+    triples = _pair_files(files, image_pattern, MASK_SUFFIX,
+                          mask_required=False)
+    if not triples:
+      raise nifti.NiftiError(
+          f"{folder}: no images (*.nii, *.nii.gz) found. Put the split's "
+          "volumes there, or remove the empty folder.")
+    found[split] = [Subject(_stem(im), im, m, b) for im, m, b in triples]
+  if not found:
+    raise nifti.NiftiError(
+        f"{manual_dir}: no split folders. The 'custom' layout needs "
+        f"{manual_dir}/<split>/ with <split> among {', '.join(SPLITS)}.")
+  return found
+
+
+def ixi_split(subject_id):
+  """'train' or 'validation' for an IXI subject (stable hash of its id)."""
+  digest = hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
+  is_val = int(digest[:8], 16) % 100 < IXI_VALIDATION_PERCENT
+  return "validation" if is_val else "train"
+
+
+def _ixi_subjects(manual_dir):
+  """{split: [Subject]} of the 'ixi' layout (manual_dir/IXI-T1/IXI*-T1...)."""
+  folder = manual_dir / "IXI-T1"
+  if not folder.is_dir():
+    raise nifti.NiftiError(
+        f"{folder}: folder not found. Put the (skull-stripped, "
+        "MNI-registered) IXI T1 volumes IXI*-T1.nii.gz there.")
+  triples = _pair_files(_nifti_files(folder), r"IXI.*-T1", None,
+                        mask_required=False)
+  if not triples:
+    raise nifti.NiftiError(
+        f"{folder}: no IXI*-T1.nii.gz files found. Put the IXI T1 volumes "
+        "there, keeping their original names.")
+  found = collections.defaultdict(list)
+  for image, _, brain in triples:
+    subject_id = _stem(image)[:-len("-T1")]
+    found[ixi_split(subject_id)].append(Subject(subject_id, image, None, brain))
+  return dict(found)
+
+
+def _atlas_subject_id(stem):
+  """'sub-r001s001_ses-1_space-X_T1w' -> 'sub-r001s001_ses-1'."""
+  entities = stem[:-len(ATLAS_IMAGE_SUFFIX)].split("_")
+  return "_".join(e for e in entities if not e.startswith("space-"))
+
+
+def _atlas_subjects(manual_dir):
+  """{'test': [Subject]} of the 'atlas' layout (BIDS-like, recursive)."""
+  triples = _pair_files(
+      _nifti_files(manual_dir, recursive=True), rf"sub-.*{ATLAS_IMAGE_SUFFIX}",
+      ATLAS_MASK_SUFFIX, mask_required=True)
+  if not triples:
+    raise nifti.NiftiError(
+        f"{manual_dir}: no ATLAS images (**/sub-*_T1w.nii.gz) found. Unpack "
+        "the ATLAS v2.0 Training data there.")
+  return {"test": [Subject(_atlas_subject_id(_stem(im)), im, m, b)
+                   for im, m, b in triples]}
+
+
+_LAYOUTS = {
+    "custom": _custom_subjects,
+    "ixi": _ixi_subjects,
+    "atlas": _atlas_subjects,
+}
+
+
+def find_subjects(config_name, manual_dir):
+  """Lists the volumes of a nifti_folder config, checking the layout.
+
+  Args:
+    config_name: 'custom', 'ixi' or 'atlas'.
+    manual_dir: the folder the user put the volumes in.
+
+  Returns:
+    {split: [Subject]}, non-empty splits only, subjects sorted by file.
+
+  Raises:
+    NiftiError: missing folder, no volumes, orphan masks, missing required
+      masks, a subject id used twice.
+  """
+  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
+  if not manual_dir.is_dir():
+    raise nifti.NiftiError(
+        f"manual_dir {manual_dir} does not exist. Create it and put the "
+        f"volumes there:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  found = _LAYOUTS[config_name](manual_dir)
+  first_file = {}
+  for subjects in found.values():
+    for s in subjects:
+      if s.subject_id in first_file:
+        raise nifti.NiftiError(
+            f"{first_file[s.subject_id]} and {s.image}: both are subject "
+            f"{s.subject_id!r}. Subject ids must be unique (and splits "
+            "subject-disjoint); rename or remove one.")
+      first_file[s.subject_id] = s.image
+  return found
+
+
+def files_fingerprint(found, manual_dir):
+  """A hash of the listed files (relative paths, sizes): detects changes."""
+  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
+  lines = []
+  for split in sorted(found):
+    for s in found[split]:
+      for path in (s.image, s.mask, s.brain):
+        if path is not None:
+          lines.append(f"{split}\t{s.subject_id}\t"
+                       f"{path.relative_to(manual_dir)}\t{path.stat().st_size}")
+  return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def _manual_dir(dl_manager):
+  try:
+    return dl_manager.manual_dir
+  except AssertionError as e:  # What TFDS raises for a missing manual_dir.
+    raise nifti.NiftiError(
+        f"{e}\nSet config.data.manual_dir to the folder with your volumes.") \
+        from e
+
+
+class NiftiFolder(tfds.core.GeneratorBasedBuilder):
+  """Your NIfTI volumes (IXI, ATLAS or any folder), sliced axially."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release: layouts custom, ixi and atlas; one example "
+               "per axial slice of each RAS volume.",
+  }
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(
+          name="custom",
+          description="manual_dir/<split>/<stem>.nii[.gz] with optional "
+                      "<stem>_mask and <stem>_brain masks."),
+      tfds.core.BuilderConfig(
+          name="ixi",
+          description="IXI T1 (healthy), skull-stripped and MNI-registered; "
+                      "train/validation by subject hash."),
+      tfds.core.BuilderConfig(
+          name="atlas",
+          description="ATLAS v2.0 stroke T1w with lesion masks (MNI152 "
+                      "2009a); all subjects in test."),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        description=(
+            "Skull-stripped, MNI-registered brain MRI volumes from NIfTI "
+            "files in manual_dir, reoriented to RAS; one example per axial "
+            "slice, raw intensities. Slice size varies with the volumes."),
+        features=slice_features(None, None),
+        disable_shuffling=True,
+        # Records which files the dataset was built from (see load_split).
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    manual_dir = _manual_dir(dl_manager)
+    found = find_subjects(self.builder_config.name, manual_dir)
+    self.info.metadata["files_fingerprint"] = files_fingerprint(
+        found, manual_dir)
+    self.info.metadata["manual_dir"] = os.fspath(manual_dir)
+    self.info.metadata["subjects"] = {
+        split: [s.subject_id for s in subjects]
+        for split, subjects in found.items()}
+    for split in SPLITS:
+      if split not in found:
+        logging.info("nifti_folder/%s: no %s split in %s.",
+                     self.builder_config.name, split, manual_dir)
+    return {split: self._generate_examples(subjects)
+            for split, subjects in found.items()}
+
+  def _generate_examples(self, subjects):
+    for s in subjects:
+      image, affine = nifti.load_volume(s.image)
+      mask = (nifti.load_mask(s.mask, image.shape, affine, image_path=s.image)
+              if s.mask else None)
+      brain = (nifti.load_mask(s.brain, image.shape, affine,
+                               image_path=s.image)
+               if s.brain else image > 0)
+      yield from volume_examples(s.subject_id, image, mask, brain, affine)
+
+
+# --- Loading (what the pipeline calls) ----------------------------------------
+
+DATASETS = {
+    "brain_phantom": BrainPhantom,
+    "nifti_folder": NiftiFolder,
+}
+
+
+def get_builder(data_config):
+  """Returns the TFDS builder `config.data` names (not prepared yet maybe).
+
+  Args:
+    data_config: `config.data` (dataset, builder_config, data_dir, ...).
+
+  Raises:
+    ValueError: unknown dataset or builder config (the valid ones listed).
+  """
+  name = data_config.dataset
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r} (config.data.dataset); use "
+                     f"one of {', '.join(map(repr, DATASETS))}.")
+  cls = DATASETS[name]
+  configs = [c.name for c in cls.BUILDER_CONFIGS]
+  if data_config.builder_config not in configs:
+    raise ValueError(
+        f"Unknown builder config {data_config.builder_config!r} of {name} "
+        f"(config.data.builder_config); use one of "
+        f"{', '.join(map(repr, configs))}.")
+  data_dir = os.path.expanduser(os.fspath(data_config.data_dir))
+  return cls(config=data_config.builder_config, data_dir=data_dir)
+
+
+def _manual_dir_of(data_config):
+  manual_dir = getattr(data_config, "manual_dir", None)
+  return os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None
+
+
+def prepare(data_config):
+  """Returns the builder of `config.data`, prepared (generated/read) if needed.
+
+  brain_phantom generates its volumes; nifti_folder reads `manual_dir`, and
+  refuses a prepared dataset built from other files than manual_dir now holds.
+  Nothing is downloaded and no network is used.
+  """
+  builder = get_builder(data_config)
+  manual_dir = _manual_dir_of(data_config)
+  if builder.is_prepared():
+    # Without the raw files (deleted after preparing) there is nothing to
+    # compare; the prepared dataset is all that is needed.
+    if isinstance(builder, NiftiFolder) and manual_dir and os.path.isdir(
+        manual_dir):
+      _check_unchanged(builder, manual_dir)
+    return builder
+  if isinstance(builder, NiftiFolder) and not manual_dir:
+    raise ValueError(
+        f"nifti_folder/{builder.builder_config.name} is not prepared in "
+        f"{builder.data_dir} and config.data.manual_dir is not set. Set it "
+        f"to the folder with your volumes:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  if manual_dir and not os.path.isdir(manual_dir):
+    raise nifti.NiftiError(
+        f"manual_dir {manual_dir} (config.data.manual_dir) does not exist. "
+        f"Create it and put the volumes there:\n"
+        f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  logging.info("Preparing %s in %s.", builder.info.full_name, builder.data_dir)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, try_download_gcs=False))
+  except OSError:
+    # Several processes (test workers, hosts sharing data_dir) may build the
+    # same dataset; TFDS builds in a private folder and renames it at the end,
+    # so the losers of that race fail here with a complete dataset in place.
+    builder = get_builder(data_config)
+    if not builder.is_prepared():
+      raise
+    logging.info("%s was prepared by another process; using it.",
+                 builder.info.full_name)
+  return builder
+
+
+def _check_unchanged(builder, manual_dir):
+  """Raises if manual_dir's files differ from those the dataset was built on."""
+  built = builder.info.metadata.get("files_fingerprint")
+  if built is None:
+    return
+  now = files_fingerprint(
+      find_subjects(builder.builder_config.name, manual_dir), manual_dir)
+  if now != built:
+    raise ValueError(
+        f"The files in manual_dir {manual_dir} changed since "
+        f"{builder.data_dir} was prepared from "
+        f"{builder.info.metadata.get('manual_dir')}. Delete {builder.data_dir} "
+        "to rebuild it, or set config.data.data_dir elsewhere.")
+
+
+def _split_names(split):
+  """'train[:10%]+test' -> ['train', 'test'] (split slicing syntax)."""
+  return [re.match(r"\s*([\w-]+)", part).group(1)
+          for part in split.split("+") if part.strip()]
+
+
+def load_split(data_config, split, *, shuffle_files=False, read_config=None):
+  """Returns a split of `config.data`'s dataset as decoded examples.
+
+  Prepares the dataset first if needed (see `prepare`).
+
+  Args:
+    data_config: `config.data`.
+    split: 'train', 'train_mixed', 'validation' or 'test' (those the dataset
+      has); TFDS slicing like 'train[:10%]' or per-process shards from
+      `tfds.split_for_jax_process` work too.
+    shuffle_files: read the record files in random order (examples are stored
+      in subject/slice order; this also turns off TFDS's ordering guard).
+    read_config: an optional `tfds.ReadConfig`.
+
+  Returns:
+    tf.data.Dataset of dicts with the `slice_features()` schema, decoded:
+    image float32 [H, W, 1], mask/brain uint8 [H, W, 1], label int64,
+    subject tf.string, slice int32, percentiles float32 [17],
+    affine float32 [4, 4].
+
+  Raises:
+    ValueError: unknown dataset, builder config or split (valid ones listed).
+    NiftiError: bad files or layout under manual_dir.
+  """
+  builder = prepare(data_config)
+  available = sorted(builder.info.splits.keys())
+  if isinstance(split, str):
+    for name in _split_names(split):
+      if name not in available:
+        raise ValueError(
+            f"{builder.info.full_name} has no split {name!r}; it has "
+            f"{', '.join(map(repr, available))}.")
+  if shuffle_files:
+    read_config = dataclasses.replace(read_config or tfds.ReadConfig(),
+                                      enable_ordering_guard=False)
+  return builder.as_dataset(split=split, shuffle_files=shuffle_files,
+                            read_config=read_config)
