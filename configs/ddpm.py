@@ -22,14 +22,17 @@ def get_config(arg=None):
   pick = lambda research, cpu, smoke: {"": research, "cpu": cpu,
                                        "smoke": smoke}[variant]
 
+  # :cpu: a 1.1M-parameter UNet at batch 16 takes ~0.6 s a step on 2 cores.
+  config.train.batch_size = pick(64, 16, 4)
+
   # The UNet (genjax.nn.unet.UNet); attention_resolutions are level indices.
   config.model = model = ml_collections.ConfigDict()
-  model.base_channels = pick(128, 32, 8)
-  model.channel_mult = pick((1, 1, 2, 2, 4), (1, 2, 2, 2), (1, 2))
+  model.base_channels = pick(128, 16, 8)
+  model.channel_mult = pick((1, 1, 2, 2, 4), (1, 2, 4, 4), (1, 2))
   model.num_res_blocks = pick(2, 1, 1)
   model.attention_resolutions = pick((3, 4), (3,), (1,))
   model.num_heads = 1
-  model.head_channels = pick(64, 32, 8)
+  model.head_channels = pick(64, 64, 8)
   model.dropout = pick(0.1, 0.0, 0.0)
   model.num_groups = pick(32, 8, 4)
 

@@ -17,6 +17,9 @@ def run(mode, config, workdir):
   if mode == "sample":
     from genjax import train
     return train.sample_mode(config, workdir)
-  raise NotImplementedError(
-      f"--mode={mode} is not implemented yet in this version of genjax; "
-      "data, train and sample are.")
+  if mode == "eval":
+    from genjax import evaluate
+    return evaluate.eval_mode(config, workdir)
+  if mode == "detect":
+    from genjax import anomaly
+    return anomaly.detect_mode(config, workdir)

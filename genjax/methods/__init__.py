@@ -1,0 +1,43 @@
+"""The method interface and the registry keyed by `config.method`.
+
+Every generative method is one module here with `make(config) -> Method`:
+pure functions over an explicit state pytree, so that one training loop, one
+evaluator and one anomaly detector serve them all.
+
+  init(rng, batch) -> state                       # params, optimiser state(s), EMA, step
+  train_step(state, batch, rng) -> (state, metrics)  # pure; the loop jits and donates state
+  sample(state, rng, n) -> images [n, H, W, 1] in [-1, 1]
+  reconstruct(state, images, rng) -> images       # pseudo-healthy reconstruction
+
+`batch` is a dict of arrays: image [B, H, W, 1] in [-1, 1], mask, brain
+[B, H, W, 1] in {0, 1}, label [B]. `state` must carry an integer `step`.
+A new method is one module and one config; add its name below.
+"""
+
+import importlib
+from typing import Any, Callable, NamedTuple
+
+_METHODS = {
+    "ddpm": "genjax.methods.ddpm",
+    "gan": "genjax.methods.gan",
+    "vae": "genjax.methods.vae",
+}
+
+
+class Method(NamedTuple):
+  init: Callable[..., Any]
+  train_step: Callable[..., Any]
+  sample: Callable[..., Any]
+  reconstruct: Callable[..., Any]
+
+
+def names():
+  return tuple(sorted(_METHODS))
+
+
+def get(config) -> Method:
+  """Builds the method named by `config.method`."""
+  if config.method not in _METHODS:
+    raise ValueError(f"config.method={config.method!r} is not one of: "
+                     f"{', '.join(names())}.")
+  return importlib.import_module(_METHODS[config.method]).make(config)

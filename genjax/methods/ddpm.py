@@ -1,0 +1,143 @@
+"""Score-based diffusion (DDPM, VP discretisation) through the method interface.
+
+Training minimises the denoising score-matching loss of a UNet; sampling runs
+any registered sampler (ancestral DDPM, DDIM, predictor-corrector, probability
+flow ODE) on the EMA parameters; `reconstruct` is AnoDDPM's pseudo-healthy
+reconstruction: noise an image to `config.anomaly.noise_level` and denoise it.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from genjax import optim
+from genjax.diffusion import losses
+from genjax.diffusion import samplers
+from genjax.diffusion import schedules
+from genjax.methods import Method
+from genjax.nn import unet
+
+# Which config.sample / config.anomaly fields each sampler takes.
+_SAMPLER_OPTIONS = {
+    "ddpm": ("num_steps", "clip_x0"),
+    "ddim": ("num_steps", "eta", "clip_x0"),
+    "pc": ("num_steps", "snr", "n_corrector_steps", "clip_x0"),
+    "ode": ("num_steps", "clip_x0"),
+}
+
+
+@flax.struct.dataclass
+class State:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def make_model(config):
+  m = config.model
+  return unet.UNet(
+      base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
+      num_res_blocks=m.num_res_blocks,
+      attention_resolutions=tuple(m.attention_resolutions),
+      num_heads=m.num_heads, head_channels=m.head_channels, dropout=m.dropout,
+      num_groups=m.num_groups, out_channels=1)
+
+
+def make_schedule(config):
+  return schedules.make_schedule(config.diffusion.schedule,
+                                 config.diffusion.num_timesteps)
+
+
+def noise_fn(kind):
+  """The noise of the forward process used for reconstruction."""
+  if kind == "gaussian":
+    return losses.gaussian_noise
+  if kind == "simplex":
+    from genjax.diffusion import simplex  # pylint: disable=g-import-not-at-top
+    return simplex.simplex_noise_fn()
+  raise ValueError(f"noise={kind!r}: use 'gaussian' or 'simplex'.")
+
+
+def sampler_kwargs(sampler, options):
+  """The sampler's options from a config section, e.g. config.sample."""
+  if sampler not in _SAMPLER_OPTIONS:
+    raise ValueError(f"sampler={sampler!r}: use one of "
+                     f"{', '.join(_SAMPLER_OPTIONS)}.")
+  kwargs = {k: options[k] for k in _SAMPLER_OPTIONS[sampler] if k in options}
+  if kwargs.get("num_steps") is None:
+    kwargs.pop("num_steps", None)
+    if sampler in ("pc", "ode"):
+      raise ValueError(f"sampler {sampler!r} needs num_steps.")
+  return kwargs
+
+
+def make(config):
+  """The DDPM as a `Method` (see genjax.methods)."""
+  model = make_model(config)
+  schedule = make_schedule(config)
+  tx = optim.make_optimizer(config.optim)
+  prediction = config.diffusion.prediction
+  ema_decay = config.diffusion.ema_decay
+
+  def model_fn(params):
+    return lambda x, t: model.apply({"params": params}, x, t, train=False)
+
+  def init(rng, batch):
+    images = batch["image"]
+    params = model.init({"params": rng}, images,
+                        jnp.zeros((images.shape[0],), jnp.int32))["params"]
+    return State(step=jnp.zeros((), jnp.int32), params=params,
+                 ema_params=params, opt_state=tx.init(params))
+
+  def train_step(state, batch, rng):
+    loss_rng, dropout_rng = jax.random.split(rng)
+
+    def loss_fn(params):
+      apply = lambda x, t: model.apply({"params": params}, x, t, train=True,
+                                       rngs={"dropout": dropout_rng})
+      per_example = losses.denoising_loss(
+          apply, schedule, batch["image"], loss_rng, prediction=prediction,
+          weighting=config.diffusion.weighting)
+      return jnp.mean(per_example)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = State(
+        step=state.step + 1, params=params,
+        ema_params=optim.ema_update(state.ema_params, params, ema_decay),
+        opt_state=opt_state)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               "param_norm": optax.global_norm(params)}
+    return new_state, metrics
+
+  sample_cfg = config.sample
+  sample_kwargs = sampler_kwargs(sample_cfg.sampler, sample_cfg)
+
+  def sample(state, rng, n):
+    size = config.data.image_size
+    prior_rng, rng = jax.random.split(rng)
+    x_T = jax.random.normal(prior_rng, (n, size, size, 1))
+    x0 = samplers.get_sampler(sample_cfg.sampler)(
+        model_fn(state.ema_params), schedule, rng, x_T, None,
+        prediction=prediction, **sample_kwargs)
+    return jnp.clip(x0, -1.0, 1.0)
+
+  anomaly = config.anomaly
+  recon_kwargs = sampler_kwargs(anomaly.sampler, anomaly)
+  recon_kwargs.setdefault("clip_x0", 1.0)
+
+  def reconstruct(state, images, rng):
+    x0 = samplers.noise_and_denoise(
+        model_fn(state.ema_params), schedule, rng, images,
+        anomaly.noise_level, sampler=anomaly.sampler,
+        noise_fn=noise_fn(anomaly.noise), prediction=prediction,
+        **recon_kwargs)
+    return jnp.clip(x0, -1.0, 1.0)
+
+  return Method(init=init, train_step=train_step, sample=sample,
+                reconstruct=reconstruct)

@@ -1,0 +1,92 @@
+"""The generic training loop on `configs/ddpm.py:smoke`: resume, logs, samples."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
+
+from genjax import train
+
+
+def read_scalars(workdir, tag):
+  """(step, value) pairs of a scalar from the TensorBoard event files."""
+  out = []
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == tag:
+          out.append((event.step, float(tf.make_ndarray(value.tensor))))
+  return sorted(out)
+
+
+def _params(state):
+  return jax.tree.leaves(jax.device_get(state.params))
+
+
+def test_restart_continues_exactly(smoke_config, tmp_path):
+  config = smoke_config()
+  config.train.num_steps = 4
+  config.train.ckpt_every = 2
+  config.train.sample_every = 100
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"))
+
+  # The same run, stopped after 2 steps and started again.
+  config.train.num_steps = 2
+  first = train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert int(first.step) == 2
+  config.train.num_steps = 4
+  resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
+  assert int(resumed.step) == 4
+  for a, b in zip(_params(uninterrupted), _params(resumed)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  # ... and the restart really resumed rather than starting over.
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["2", "4"]
+  changed = any(not np.allclose(a, b) for a, b in
+                zip(_params(first), _params(resumed)))
+  assert changed
+
+
+def test_loss_decreases_and_is_logged(smoke_config, tmp_path):
+  config = smoke_config()
+  config.train.num_steps = 60
+  config.train.log_every = 5
+  config.train.ckpt_every = 60
+  config.train.sample_every = 60
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  losses = read_scalars(workdir, "loss")
+  assert [s for s, _ in losses] == list(range(5, 61, 5))
+  first, last = losses[0][1], np.mean([v for _, v in losses[-3:]])
+  assert last < 0.6 * first, losses
+  assert {"grad_norm", "param_norm"} <= {
+      tag for tag in ("grad_norm", "param_norm")
+      if read_scalars(workdir, tag)}
+  assert os.path.exists(os.path.join(workdir, "samples", "step_0000060.png"))
+
+  # --mode=sample from the final checkpoint.
+  images = train.sample_mode(config, workdir)
+  assert images.shape == (config.sample.num_samples, 32, 32, 1)
+  assert np.all(np.abs(images) <= 1.0)
+  assert os.path.exists(os.path.join(workdir, "sample", "grid.png"))
+  saved = np.load(os.path.join(workdir, "sample", "samples.npy"))
+  np.testing.assert_array_equal(saved, images)
+
+
+def test_workdir_of_another_config_is_refused(smoke_config, tmp_path):
+  config = smoke_config()
+  config.train.num_steps = 1
+  config.train.sample_every = 100
+  train.train_and_evaluate(config, str(tmp_path))
+  config.model.base_channels = 16
+  with pytest.raises(train.WorkdirMismatchError, match="model.base_channels"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_sample_without_checkpoint_is_a_clear_error(smoke_config, tmp_path):
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    train.sample_mode(smoke_config(), str(tmp_path))
