@@ -85,6 +85,14 @@ def get_base_config(variant=""):
   aug.scale_range = (0.9, 1.1)
   aug.shift_range = (-0.1, 0.1)
 
+  # --- SMOTE-like synthesis of minority (lesion) slices ----------------------
+  # Applied on device after augmentation (genjax.data.smote): a share of the
+  # lesion slices in each training batch is replaced by interpolations between
+  # two lesion slices. Off by default.
+  config.smote = smote = ml_collections.ConfigDict()
+  smote.enabled = False
+  smote.fraction = 0.5  # Share of a batch's lesion slices replaced.
+
   # --- Training -------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = {"smoke": 4, "cpu": 32, "": 64}[variant]  # Global batch.
@@ -94,4 +102,16 @@ def get_base_config(variant=""):
   train.keep_checkpoints = 3
   train.sample_every = {"smoke": 4, "cpu": 1000, "": 10_000}[variant]
   train.num_samples = {"smoke": 4, "cpu": 16, "": 64}[variant]
+
+  # --- Evaluation (--mode=eval) and anomaly detection (--mode=detect) -------
+  # Shared by every method; method configs add their own reconstruction
+  # options (e.g. the DDPM's noise level) to config.anomaly.
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = {"smoke": 4, "cpu": 32, "": 64}[variant]
+  # Samples generated for FID/KID, sharpness and diversity.
+  ev.num_samples = {"smoke": 8, "cpu": 256, "": 2048}[variant]
+  # Local FID Inception weights (see README); empty: FID is reported as null.
+  ev.inception_weights = os.environ.get("GENJAX_INCEPTION_WEIGHTS", "")
+
+  config.anomaly = ml_collections.ConfigDict()
   return config

@@ -66,7 +66,7 @@ def get_config(arg=None):
   sample.num_samples = pick(64, 16, 4)
 
   # Pseudo-healthy reconstruction (AnoDDPM): noise to t, denoise back.
-  config.anomaly = anomaly = ml_collections.ConfigDict()
+  anomaly = config.anomaly
   anomaly.noise_level = 200  # t of T: noising steps before denoising.
   anomaly.noise = "gaussian"
   anomaly.sampler = pick("ddpm", "ddim", "ddim")
