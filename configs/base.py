@@ -39,17 +39,23 @@ def get_base_config(variant=""):
   config.seed = 0
 
   # --- Data -----------------------------------------------------------------
-  # `dataset` is a TFDS name: 'brain_phantom' (embedded, built on first use) or
-  # 'nifti_folder' (your own volumes, read from `manual_dir`).
+  # `dataset` is a TFDS name: 'brain_phantom' (embedded, built on first use),
+  # 'nifti_folder' (your own volumes) or 'slice_folder' (your own 2D PNG, TIFF
+  # or NPY slices), the last two read from `manual_dir`.
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "brain_phantom"
   # BuilderConfig of the dataset: brain_phantom has 'tiny' (32 px), 'res64'
-  # and 'res128'; nifti_folder has 'ixi', 'atlas' and 'custom'.
+  # and 'res128'; nifti_folder has 'ixi', 'atlas' and 'custom'; slice_folder
+  # has 'custom' and 'kaggle_lgg'.
   data.builder_config = {"smoke": "tiny", "cpu": "res64", "": "res128"}[variant]
   data.data_dir = os.environ.get(
       "GENJAX_DATA_DIR", os.path.join("~", "tensorflow_datasets"))
   # Where nifti_folder reads the volumes you downloaded (see README).
   data.manual_dir = config_dict.placeholder(str)
+  # slice_folder: a regex with named groups `subject` and `slice`, matched
+  # against each file name without extension; None uses
+  # genjax.data.slices.DEFAULT_PATTERN (the last number is the slice).
+  data.slice_pattern = config_dict.placeholder(str)
   data.train_split = "train"  # 'train' (healthy) or 'train_mixed'.
   data.eval_split = "test"
   data.val_split = "validation"
@@ -100,6 +106,8 @@ def get_base_config(variant=""):
   train.log_every = {"smoke": 1, "cpu": 50, "": 500}[variant]
   train.ckpt_every = {"smoke": 2, "cpu": 500, "": 5000}[variant]
   train.keep_checkpoints = 3
+  # Drop (and count) an update with NaN/inf instead of stopping the run.
+  train.skip_nonfinite = False
   train.sample_every = {"smoke": 4, "cpu": 1000, "": 10_000}[variant]
   train.num_samples = {"smoke": 4, "cpu": 16, "": 64}[variant]
 

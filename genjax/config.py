@@ -8,7 +8,7 @@ of data building or deep inside XLA.
 
 import re
 
-DATASETS = ("brain_phantom", "nifti_folder")
+DATASETS = ("brain_phantom", "nifti_folder", "slice_folder")
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,12 @@ def validate_data(data):
   from genjax.data import builders  # pylint: disable=g-import-not-at-top
   _check(data.dataset in DATASETS, "data.dataset",
          f"{data.dataset!r} is not one of {', '.join(DATASETS)}.")
+  if data.dataset == "slice_folder":
+    from genjax.data import slices  # pylint: disable=g-import-not-at-top
+    try:
+      slices.compile_pattern(data.slice_pattern)
+    except slices.SliceError as e:
+      raise ConfigError(f"config.data.slice_pattern: {e}") from None
   _check(isinstance(data.image_size, int) and data.image_size >= 8,
          "data.image_size", f"must be an integer >= 8, got {data.image_size!r}.")
   if data.slice_range is not None:
@@ -94,6 +100,8 @@ def validate_train(train):
     value = train[name]
     _check(isinstance(value, int) and value >= 1, f"train.{name}",
            f"must be an integer >= 1, got {value!r}.")
+  _check(isinstance(train.skip_nonfinite, bool), "train.skip_nonfinite",
+         "must be True or False.")
 
 
 def validate(config):

@@ -86,3 +86,16 @@ def test_command_line_rejects_impossible_value_before_building():
   assert result.returncode != 0
   assert "config.data.clip_percentiles" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_slice_pattern_is_checked_for_slice_folders():
+  config = ddpm.get_config("smoke")
+  config.data.dataset = "slice_folder"
+  config.data.builder_config = "custom"
+  config_lib.validate(config)  # The default pattern.
+  config.data.slice_pattern = "(?P<slice>[0-9]+)"  # No subject group.
+  with pytest.raises(config_lib.ConfigError, match="config.data.slice_pattern"):
+    config_lib.validate(config)
+  config.data.slice_pattern = "(unclosed"
+  with pytest.raises(config_lib.ConfigError, match="config.data.slice_pattern"):
+    config_lib.validate(config)

@@ -1,13 +1,17 @@
-"""TFDS builders: 3D brain volumes in, one example per axial slice out.
+"""TFDS builders: brain volumes or 2D slice files in, one example per slice out.
 
-Two datasets share one example schema (`slice_features`) and one
-volume-to-examples conversion (`volume_examples`):
+Three datasets share one example schema (`slice_features`) and one
+slices-to-examples conversion (`stack_examples`); they differ only in how
+they find and read their files:
 
   brain_phantom  the embedded phantom (`genjax.data.phantom`); configs 'tiny'
                  (32 px), 'res64', 'res128'; generated on first use, no
                  download.
   nifti_folder   your own NIfTI volumes under `manual_dir`; configs 'custom',
                  'ixi', 'atlas' (layouts in MANUAL_DOWNLOAD_INSTRUCTIONS).
+  slice_folder   your own 2D slices (PNG, TIFF, NPY) under `manual_dir`;
+                 configs 'custom', 'kaggle_lgg' (layouts in
+                 SLICE_INSTRUCTIONS; reading in `genjax.data.slices`).
 
 Examples are written in generation order (subject by subject, slice by slice;
 `disable_shuffling=True`), so every build holds the same examples in the same
@@ -35,6 +39,7 @@ import tensorflow_datasets as tfds
 
 from genjax.data import nifti
 from genjax.data import phantom
+from genjax.data import slices
 
 # Brain-voxel intensity percentiles stored with every slice (of the whole
 # volume), the grid `config.data.clip_percentiles` chooses from.
@@ -131,17 +136,48 @@ def volume_examples(subject_id, image, mask, brain, affine):
         f"Subject {subject_id}: the brain mask is empty (with no brain mask "
         "file, the brain is image > 0, so the image is all <= 0). Check the "
         "volume, or give a <stem>_brain.nii.gz mask.")
+  # [X, Y, Z] -> [Z, Y, X]: slice k displayed (what display_slice does).
+  displayed = lambda v: np.moveaxis(np.rot90(v, axes=(0, 1)), 2, 0)
+  yield from stack_examples(subject_id, displayed(image), displayed(mask),
+                            displayed(brain), affine,
+                            np.arange(image.shape[2]))
+
+
+def stack_examples(subject_id, images, masks, brains, affine, indices):
+  """Yields the examples of one subject's displayed slices.
+
+  What every builder shares: the intensity percentiles over the subject's
+  brain pixels (all its slices together, so one subject is normalised one
+  way; a subject with one slice is normalised per slice), labels from the
+  masks, keys `<subject_id>/<k:04d>`.
+
+  Args:
+    subject_id: unique subject id (str).
+    images: float [N, H, W] raw intensities, as displayed (row 0 at top).
+    masks: lesion masks [N, H, W] (> 0 is lesion).
+    brains: brain masks [N, H, W] (> 0 is brain); not empty.
+    affine: [4, 4] voxel-to-RAS-mm affine, all zeros for "no affine" (2D
+      slices).
+    indices: int [N] slice index of each slice, distinct.
+
+  Yields:
+    (key, example) with the `slice_features()` schema, in the given order.
+  """
+  images = np.asarray(images, dtype=np.float32)
+  masks = (np.asarray(masks) > 0).astype(np.uint8)
+  brains = (np.asarray(brains) > 0).astype(np.uint8)
   affine = np.asarray(affine, dtype=np.float32)
   if affine.shape != (4, 4):
     raise ValueError(f"Subject {subject_id}: affine must be [4, 4], got "
                      f"{affine.shape}.")
-  percentiles = np.percentile(image[brain > 0], PERCENTILES).astype(np.float32)
-  for k in range(image.shape[2]):
-    lesion = display_slice(mask[:, :, k])
-    yield f"{subject_id}/{k:04d}", {
-        "image": display_slice(image[:, :, k]),
+  percentiles = np.percentile(images[brains > 0], PERCENTILES).astype(
+      np.float32)
+  for i, k in enumerate(indices):
+    lesion = np.ascontiguousarray(masks[i][..., None])
+    yield f"{subject_id}/{int(k):04d}", {
+        "image": np.ascontiguousarray(images[i][..., None]),
         "mask": lesion,
-        "brain": display_slice(brain[:, :, k]),
+        "brain": np.ascontiguousarray(brains[i][..., None]),
         "label": int(lesion.any()),
         "subject": subject_id,
         "slice": np.int32(k),
@@ -560,6 +596,11 @@ class NiftiFolder(tfds.core.GeneratorBasedBuilder):
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
+  def manual_fingerprint(self, manual_dir):
+    """The fingerprint the prepared dataset must match for `manual_dir`."""
+    return files_fingerprint(
+        find_subjects(self.builder_config.name, manual_dir), manual_dir)
+
   def _info(self):
     return self.dataset_info_from_configs(
         description=(
@@ -599,12 +640,328 @@ class NiftiFolder(tfds.core.GeneratorBasedBuilder):
       yield from volume_examples(s.subject_id, image, mask, brain, affine)
 
 
+# --- slice_folder -------------------------------------------------------------
+
+SLICE_INSTRUCTIONS = """\
+genjax reads folders of 2D slices that you put under `manual_dir`
+(config.data.manual_dir): PNG (8/16-bit grayscale; RGB(A) is collapsed to
+one channel and the build log says how), TIFF (grayscale or RGB, one page)
+and .npy (a 2D numeric array). Slices are used as stored (row 0 at the top),
+with their raw values; the pipeline normalises and resizes/pads them to
+config.data.image_size. Slices of one subject must have one size; subjects
+may differ.
+
+Subject and slice come from each image's file name (without extension),
+matched in full by config.data.slice_pattern, a regular expression with
+named groups `subject` and `slice`. The default takes the last number after
+'_', '-' or '_slice_' as the slice: IXI002_slice_045.png -> subject IXI002,
+slice 45; TCGA_CS_4941_19960909_12.tif -> TCGA_CS_4941_19960909, slice 12.
+For one slice per subject, use '(?P<subject>.+)'. A name the pattern does
+not match is an error.
+
+Lesion masks (binarised: > 0 is lesion), one convention per folder:
+  <stem>_mask.<ext> next to the image <stem>.<ext> (a missing mask: the
+  slice is lesion-free), or a masks/ folder next to the images (in the split
+  folder itself, or next to an images/ folder) holding a mask with each
+  image's name (then every image needs one).
+Brain masks: optional <stem>_brain.<ext> next to the image; without it the
+brain is image > 0 (right for skull-stripped slices with a zero
+background). Intensities are normalised per subject (percentiles of the
+brain pixels of all its slices), so per slice when a subject has one slice.
+
+config 'custom':  manual_dir/<split>/ for any of train, train_mixed,
+  validation, test, each holding slices (sub-folders allowed, e.g. one per
+  patient). A subject may appear in one split only. Folders without masks
+  are healthy data.
+
+config 'kaggle_lgg':  the Kaggle "Brain MRI segmentation" LGG set
+  (https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation),
+  unzipped so that manual_dir/kaggle_3m/<patient>/<patient>_<n>.tif and
+  <patient>_<n>_mask.tif exist (manual_dir may also be kaggle_3m itself).
+  Every image needs its mask. The images are RGB of three sequences
+  (pre-contrast, FLAIR, post-contrast; a missing sequence was replaced by
+  FLAIR); genjax reads channel 1, FLAIR.
+  Patients are split by a stable hash of the patient id (kaggle_split):
+  about 70 % training, 10 % validation, 20 % test patients. Splits:
+  train (the lesion-free slices of the training patients), train_mixed
+  (all their slices), validation (the lesion-free slices of the validation
+  patients), test (all slices of the test patients). train and train_mixed
+  share patients (they are alternative training sets); validation and test
+  share none with them or each other. The slices are not skull-stripped,
+  so the brain mask image > 0 covers the head; add <stem>_brain.tif masks
+  for a brain-only mask.
+
+The prepared dataset is cached in data_dir/slice_folder/<config>/; genjax
+refuses to use it if the files under manual_dir or the slice pattern change;
+delete that folder to rebuild.
+"""
+
+KAGGLE_VALIDATION_PERCENT = 10
+KAGGLE_TEST_PERCENT = 20
+KAGGLE_FOLDER = "kaggle_3m"
+KAGGLE_CHANNEL = 1  # FLAIR, in the images' (pre-contrast, FLAIR, post) order.
+
+
+@dataclasses.dataclass(eq=False)
+class SliceFolderConfig(tfds.core.BuilderConfig):
+  """A slice_folder layout.
+
+  Attributes:
+    channel: the channel of colour images to read (None: collapse colour
+      to one channel, see `slices.read_image`).
+    mask_required: every image needs a lesion mask.
+  """
+  channel: Optional[int] = None
+  mask_required: bool = False
+
+
+class SliceSubject(NamedTuple):
+  """One subject to convert: its slices, and which of them to emit."""
+  subject_id: str
+  slices: tuple  # [slices.Slice], sorted by slice index.
+  lesion_free_only: bool = False  # Emit only slices without lesion.
+
+
+def kaggle_split(subject_id):
+  """'train', 'validation' or 'test' for a Kaggle LGG patient (stable hash)."""
+  digest = hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
+  bucket = int(digest[:8], 16) % 100
+  if bucket < KAGGLE_VALIDATION_PERCENT:
+    return "validation"
+  if bucket < KAGGLE_VALIDATION_PERCENT + KAGGLE_TEST_PERCENT:
+    return "test"
+  return "train"
+
+
+def _subjects_of(found_slices):
+  return [SliceSubject(subject, tuple(slice_list))
+          for subject, slice_list in slices.group_subjects(
+              found_slices).items()]
+
+
+def _custom_slice_subjects(manual_dir, pattern, mask_required):
+  """{split: [SliceSubject]} of the 'custom' slice layout."""
+  for entry in sorted(manual_dir.iterdir()):
+    if entry.name.startswith("."):
+      continue  # Hidden: .DS_Store, .ipynb_checkpoints, ...
+    if entry.is_dir() and entry.name not in SPLITS:
+      raise slices.SliceError(
+          f"{entry}: unknown split folder. Split folders in {manual_dir} must "
+          f"be among {', '.join(SPLITS)}; rename or move it.")
+    if entry.is_file() and slices.split_extension(entry.name):
+      raise slices.SliceError(
+          f"{entry}: slices must be in split folders ({manual_dir}/train/, "
+          ".../test/, ...), not in manual_dir itself.")
+  found = {}
+  for split in SPLITS:
+    folder = manual_dir / split
+    if folder.is_dir():
+      found[split] = _subjects_of(slices.list_folder(
+          folder, pattern, mask_required=mask_required))
+  if not found:
+    raise slices.SliceError(
+        f"{manual_dir}: no split folders. The 'custom' layout needs "
+        f"{manual_dir}/<split>/ with <split> among {', '.join(SPLITS)}.")
+  return found
+
+
+def _kaggle_subjects(manual_dir, pattern, mask_required):
+  """{split: [SliceSubject]} of the 'kaggle_lgg' layout."""
+  root = manual_dir / KAGGLE_FOLDER
+  if not root.is_dir():
+    root = manual_dir
+  patients = [d for d in sorted(root.iterdir())
+              if d.is_dir() and not d.name.startswith(".")]
+  if not patients:
+    raise slices.SliceError(
+        f"{root}: no patient folders. The 'kaggle_lgg' layout needs "
+        f"{manual_dir}/{KAGGLE_FOLDER}/<patient>/<patient>_<n>.tif with "
+        "<patient>_<n>_mask.tif; unzip the Kaggle archive there.")
+  found = collections.defaultdict(list)
+  for folder in patients:
+    patient_slices = slices.list_folder(folder, pattern,
+                                        mask_required=mask_required)
+    for s in patient_slices:
+      if s.subject != folder.name:
+        raise slices.SliceError(
+            f"{s.image}: the slice-name pattern gives subject {s.subject!r},"
+            f" but the file is in patient folder {folder.name!r}. Kaggle LGG "
+            "files are <patient>/<patient>_<n>.tif; move the file, or fix "
+            "config.data.slice_pattern.")
+    subject = SliceSubject(folder.name, tuple(patient_slices))
+    split = kaggle_split(folder.name)
+    # Anomaly detection trains on lesion-free slices: 'train' and
+    # 'validation' keep only those (decided when the masks are read).
+    if split in ("train", "validation"):
+      found[split].append(subject._replace(lesion_free_only=True))
+    if split == "train":
+      found["train_mixed"].append(subject)
+    if split == "test":
+      found["test"].append(subject)
+  return dict(found)
+
+
+_SLICE_LAYOUTS = {
+    "custom": _custom_slice_subjects,
+    "kaggle_lgg": _kaggle_subjects,
+}
+
+
+def find_slice_subjects(builder_config, manual_dir, pattern=None):
+  """Lists the slices of a slice_folder config, checking the layout.
+
+  Args:
+    builder_config: a `SliceFolderConfig` (or its name: 'custom',
+      'kaggle_lgg').
+    manual_dir: the folder the user put the slices in.
+    pattern: slice-name pattern (None: `slices.DEFAULT_PATTERN`).
+
+  Returns:
+    {split: [SliceSubject]}, non-empty splits only, subjects sorted by id.
+
+  Raises:
+    SliceError: missing folder, no slices, orphan masks, missing required
+      masks, unparseable names, a subject in two split folders.
+  """
+  if isinstance(builder_config, str):
+    builder_config = {c.name: c for c in SliceFolder.BUILDER_CONFIGS}[
+        builder_config]
+  compiled = slices.compile_pattern(pattern)
+  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
+  if not manual_dir.is_dir():
+    raise slices.SliceError(
+        f"manual_dir {manual_dir} does not exist. Create it and put the "
+        f"slices there:\n{SLICE_INSTRUCTIONS}")
+  found = _SLICE_LAYOUTS[builder_config.name](
+      manual_dir, compiled, builder_config.mask_required)
+  # train and train_mixed of kaggle_lgg are alternatives made of the same
+  # subjects; every other pair of splits must be subject-disjoint.
+  first_file, first_split = {}, {}
+  for split, subjects in found.items():
+    for s in subjects:
+      other = first_split.get(s.subject_id)
+      if other is not None and {other, split} != {"train", "train_mixed"}:
+        raise slices.SliceError(
+            f"{first_file[s.subject_id]} (split {other!r}) and "
+            f"{s.slices[0].image} (split {split!r}): both are subject "
+            f"{s.subject_id!r}. A subject's slices must all be in one split "
+            "folder; move them, or check config.data.slice_pattern.")
+      first_file.setdefault(s.subject_id, s.slices[0].image)
+      first_split.setdefault(s.subject_id, split)
+  return found
+
+
+def slice_files_fingerprint(found, manual_dir, pattern, channel):
+  """A hash of the listed files (relative paths, sizes) and read settings."""
+  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
+  lines = [f"pattern\t{pattern}", f"channel\t{channel}"]
+  for split in sorted(found):
+    for subject in found[split]:
+      for s in subject.slices:
+        for path in (s.image, s.mask, s.brain):
+          if path is not None:
+            lines.append(f"{split}\t{subject.subject_id}\t{s.index}\t"
+                         f"{path.relative_to(manual_dir)}\t"
+                         f"{path.stat().st_size}")
+  return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+class SliceFolder(tfds.core.GeneratorBasedBuilder):
+  """Your 2D slices (PNG, TIFF, NPY) with lesion masks, by subject."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release: layouts custom and kaggle_lgg; one example "
+               "per 2D slice file, grouped by subject.",
+  }
+  BUILDER_CONFIGS = [
+      SliceFolderConfig(
+          name="custom",
+          description="manual_dir/<split>/ slices with <stem>_mask files or "
+                      "a masks/ folder; subjects from file names."),
+      SliceFolderConfig(
+          name="kaggle_lgg",
+          description="Kaggle LGG kaggle_3m/<patient>/<patient>_<n>.tif "
+                      "(FLAIR channel) with _mask.tif; patients split by "
+                      "hash.",
+          channel=KAGGLE_CHANNEL, mask_required=True),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = SLICE_INSTRUCTIONS
+
+  def __init__(self, *, pattern=None, **kwargs):
+    """As any TFDS builder, plus `pattern`: the slice-name regex.
+
+    Args:
+      pattern: regular expression with named groups `subject` and `slice`
+        (config.data.slice_pattern); None: `slices.DEFAULT_PATTERN`.
+      **kwargs: data_dir, config, version.
+    """
+    self.pattern = slices.compile_pattern(pattern).pattern
+    super().__init__(**kwargs)
+    # TFDS pickles a builder as its constructor arguments.
+    self._original_state["pattern"] = pattern
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        description=(
+            "2D brain MRI slices from PNG/TIFF/NPY files in manual_dir, "
+            "grouped into subjects by file name; one example per slice, raw "
+            "intensities, affine all zeros (no affine). Slice size varies "
+            "with the files."),
+        features=slice_features(None, None),
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def manual_fingerprint(self, manual_dir):
+    """The fingerprint the prepared dataset must match for `manual_dir`."""
+    found = find_slice_subjects(self.builder_config, manual_dir, self.pattern)
+    return slice_files_fingerprint(found, manual_dir, self.pattern,
+                                   self.builder_config.channel)
+
+  def _split_generators(self, dl_manager):
+    manual_dir = _manual_dir(dl_manager)
+    found = find_slice_subjects(self.builder_config, manual_dir, self.pattern)
+    self.info.metadata["files_fingerprint"] = slice_files_fingerprint(
+        found, manual_dir, self.pattern, self.builder_config.channel)
+    self.info.metadata["manual_dir"] = os.fspath(manual_dir)
+    self.info.metadata["slice_pattern"] = self.pattern
+    self.info.metadata["subjects"] = {
+        split: [s.subject_id for s in subjects]
+        for split, subjects in found.items()}
+    for split in SPLITS:
+      if split not in found:
+        logging.info("slice_folder/%s: no %s split in %s.",
+                     self.builder_config.name, split, manual_dir)
+    return {split: self._generate_examples(split, subjects)
+            for split, subjects in found.items()}
+
+  def _generate_examples(self, split, subjects):
+    notes = collections.defaultdict(list)
+    for s in subjects:
+      images, masks, brains, indices, subject_notes = slices.read_subject(
+          s.slices, self.builder_config.channel)
+      for note, files in subject_notes.items():
+        notes[note].extend(files)
+      for key, example in stack_examples(s.subject_id, images, masks, brains,
+                                         np.zeros((4, 4)), indices):
+        if not (s.lesion_free_only and example["label"]):
+          yield key, example
+    for note, files in sorted(notes.items()):
+      logging.warning("slice_folder/%s, split %s: %d files with %s (e.g. %s).",
+                      self.builder_config.name, split, len(files), note,
+                      files[0])
+
+
 # --- Loading (what the pipeline calls) ----------------------------------------
 
 DATASETS = {
     "brain_phantom": BrainPhantom,
     "nifti_folder": NiftiFolder,
+    "slice_folder": SliceFolder,
 }
+# Datasets read from config.data.manual_dir.
+_MANUAL_DATASETS = (NiftiFolder, SliceFolder)
 
 
 def get_builder(data_config):
@@ -628,6 +985,11 @@ def get_builder(data_config):
         f"(config.data.builder_config); use one of "
         f"{', '.join(map(repr, configs))}.")
   data_dir = os.path.expanduser(os.fspath(data_config.data_dir))
+  if cls is SliceFolder:
+    # A config without the field (older configs) uses the default pattern.
+    pattern = getattr(data_config, "slice_pattern", None)
+    return cls(config=data_config.builder_config, data_dir=data_dir,
+               pattern=pattern)
   return cls(config=data_config.builder_config, data_dir=data_dir)
 
 
@@ -639,29 +1001,32 @@ def _manual_dir_of(data_config):
 def prepare(data_config):
   """Returns the builder of `config.data`, prepared (generated/read) if needed.
 
-  brain_phantom generates its volumes; nifti_folder reads `manual_dir`, and
-  refuses a prepared dataset built from other files than manual_dir now holds.
+  brain_phantom generates its volumes; nifti_folder and slice_folder read
+  `manual_dir`, and refuse a prepared dataset built from other files than
+  manual_dir now holds (or, for slice_folder, with another slice pattern).
   Nothing is downloaded and no network is used.
   """
   builder = get_builder(data_config)
   manual_dir = _manual_dir_of(data_config)
+  from_manual_dir = isinstance(builder, _MANUAL_DATASETS)
   if builder.is_prepared():
     # Without the raw files (deleted after preparing) there is nothing to
     # compare; the prepared dataset is all that is needed.
-    if isinstance(builder, NiftiFolder) and manual_dir and os.path.isdir(
-        manual_dir):
+    if from_manual_dir and manual_dir and os.path.isdir(manual_dir):
       _check_unchanged(builder, manual_dir)
     return builder
-  if isinstance(builder, NiftiFolder) and not manual_dir:
+  instructions = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+  if from_manual_dir and not manual_dir:
     raise ValueError(
-        f"nifti_folder/{builder.builder_config.name} is not prepared in "
+        f"{builder.name}/{builder.builder_config.name} is not prepared in "
         f"{builder.data_dir} and config.data.manual_dir is not set. Set it "
-        f"to the folder with your volumes:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        f"to the folder with your files:\n{instructions}")
   if manual_dir and not os.path.isdir(manual_dir):
-    raise nifti.NiftiError(
+    error = (slices.SliceError if isinstance(builder, SliceFolder)
+             else nifti.NiftiError)
+    raise error(
         f"manual_dir {manual_dir} (config.data.manual_dir) does not exist. "
-        f"Create it and put the volumes there:\n"
-        f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        f"Create it and put the files there:\n{instructions}")
   logging.info("Preparing %s in %s.", builder.info.full_name, builder.data_dir)
   try:
     builder.download_and_prepare(
@@ -684,11 +1049,15 @@ def _check_unchanged(builder, manual_dir):
   built = builder.info.metadata.get("files_fingerprint")
   if built is None:
     return
-  now = files_fingerprint(
-      find_subjects(builder.builder_config.name, manual_dir), manual_dir)
+  now = builder.manual_fingerprint(manual_dir)
   if now != built:
+    settings = ""
+    if isinstance(builder, SliceFolder):
+      settings = (f" (or config.data.slice_pattern: "
+                  f"{builder.info.metadata.get('slice_pattern')!r} then, "
+                  f"{builder.pattern!r} now)")
     raise ValueError(
-        f"The files in manual_dir {manual_dir} changed since "
+        f"The files in manual_dir {manual_dir}{settings} changed since "
         f"{builder.data_dir} was prepared from "
         f"{builder.info.metadata.get('manual_dir')}. Delete {builder.data_dir} "
         "to rebuild it, or set config.data.data_dir elsewhere.")
@@ -722,7 +1091,8 @@ def load_split(data_config, split, *, shuffle_files=False, read_config=None):
 
   Raises:
     ValueError: unknown dataset, builder config or split (valid ones listed).
-    NiftiError: bad files or layout under manual_dir.
+    NiftiError: bad files or layout under manual_dir (nifti_folder).
+    SliceError: bad files or layout under manual_dir (slice_folder).
   """
   builder = prepare(data_config)
   available = sorted(builder.info.splits.keys())
