@@ -104,9 +104,31 @@ def validate_train(train):
          "must be True or False.")
 
 
+def validate_eval(config):
+  """Checks config.eval and config.anomaly; raises ConfigError."""
+  # pylint: disable=g-import-not-at-top
+  from genjax import anomaly
+  from genjax import evaluate
+  try:
+    anomaly.anomaly_options(config)
+    evaluate.eval_options(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
 def validate(config):
   """Checks the whole config; raises ConfigError naming the first bad field."""
   _check(bool(config.method), "method", "must name a method (ddpm, vae, gan).")
   validate_data(config.data)
   validate_augment(config.augment)
   validate_train(config.train)
+  _check(0.0 <= config.smote.fraction <= 1.0, "smote.fraction",
+         f"must be in [0, 1], got {config.smote.fraction!r}.")
+  validate_eval(config)
+  from genjax import methods  # pylint: disable=g-import-not-at-top
+  try:
+    methods.validate(config)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from None

@@ -50,12 +50,22 @@ def test_unknown_variant_is_rejected():
     ("augment.crop_scale", (0.5, 1.5), "augment.crop_scale"),
     ("train.batch_size", 0, "train.batch_size"),
     ("train.num_steps", -1, "train.num_steps"),
+    ("data.image_size", 33, "not divisible by 2"),  # :smoke UNet: 2 levels.
+    ("anomaly.noise_level", 0, "config.anomaly.noise_level"),
+    ("anomaly.noise_level", 1001, "config.anomaly.noise_level"),
+    ("model.num_groups", 3, "config.model.num_groups"),
+    ("model.attention_resolutions", (5,), "attention_resolutions"),
+    ("sample.sampler", "euler", "config.sample"),
+    ("method", "diffusion", "config.method"),
 ])
 def test_impossible_values_name_the_field(field, value, match):
   config = ddpm.get_config("smoke")
-  section, name = field.split(".")
   with config.unlocked():
-    config[section][name] = value
+    if "." in field:
+      section, name = field.split(".")
+      config[section][name] = value
+    else:
+      config[field] = value
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(config)
 

@@ -8,6 +8,7 @@ evaluator and one anomaly detector serve them all.
   train_step(state, batch, rng) -> (state, metrics)  # pure; the loop jits and donates state
   sample(state, rng, n) -> images [n, H, W, 1] in [-1, 1]
   reconstruct(state, images, rng) -> images       # pseudo-healthy reconstruction
+  anomaly_score(state, images, recon) -> optional  # a method's own score (f-AnoGAN)
 
 `batch` is a dict of arrays: image [B, H, W, 1] in [-1, 1], mask, brain
 [B, H, W, 1] in {0, 1}, label [B]. `state` must carry an integer `step`.
@@ -15,7 +16,7 @@ A new method is one module and one config; add its name below.
 """
 
 import importlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 _METHODS = {
     "ddpm": "genjax.methods.ddpm",
@@ -29,15 +30,33 @@ class Method(NamedTuple):
   train_step: Callable[..., Any]
   sample: Callable[..., Any]
   reconstruct: Callable[..., Any]
+  # Optional: {'pixel': [B,H,W,1], 'slice': [B]} (or one of them) that the
+  # anomaly detector uses instead of |x - reconstruct(x)|.
+  anomaly_score: Optional[Callable[..., Any]] = None
 
 
 def names():
   return tuple(sorted(_METHODS))
 
 
-def get(config) -> Method:
-  """Builds the method named by `config.method`."""
+def _module(config):
   if config.method not in _METHODS:
     raise ValueError(f"config.method={config.method!r} is not one of: "
                      f"{', '.join(names())}.")
-  return importlib.import_module(_METHODS[config.method]).make(config)
+  return importlib.import_module(_METHODS[config.method])
+
+
+def validate(config):
+  """Runs the method's own config checks (`validate(config)`), if it has any.
+
+  They catch what only the method knows (e.g. an image size the network
+  cannot downsample) before any data is built or code compiled.
+  """
+  check = getattr(_module(config), "validate", None)
+  if check is not None:
+    check(config)
+
+
+def get(config) -> Method:
+  """Builds the method named by `config.method`."""
+  return _module(config).make(config)

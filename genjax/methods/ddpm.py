@@ -75,6 +75,39 @@ def sampler_kwargs(sampler, options):
   return kwargs
 
 
+def validate(config):
+  """Config values the DDPM cannot work with; raises ConfigError."""
+  from genjax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  m, size = config.model, config.data.image_size
+  factor = 2 ** (len(m.channel_mult) - 1)
+  if size % factor:
+    raise ConfigError(
+        f"config.data.image_size={size} is not divisible by {factor}, which "
+        f"the UNet's {len(m.channel_mult)} levels (config.model.channel_mult="
+        f"{tuple(m.channel_mult)}) need.")
+  channels = [int(round(m.base_channels * c)) for c in m.channel_mult]
+  if any(c % m.num_groups for c in channels):
+    raise ConfigError(
+        f"config.model.num_groups={m.num_groups} must divide every level's "
+        f"channels {channels}.")
+  bad_levels = [a for a in m.attention_resolutions
+                if not 0 <= a < len(m.channel_mult)]
+  if bad_levels:
+    raise ConfigError(
+        f"config.model.attention_resolutions={tuple(m.attention_resolutions)}"
+        f" are level indices in [0, {len(m.channel_mult)}); got {bad_levels}.")
+  t = config.diffusion.num_timesteps
+  if not 1 <= config.anomaly.noise_level <= t:
+    raise ConfigError(
+        f"config.anomaly.noise_level={config.anomaly.noise_level} must be in "
+        f"[1, {t}] (noising steps of config.diffusion.num_timesteps={t}).")
+  for section in ("sample", "anomaly"):
+    try:
+      sampler_kwargs(config[section].sampler, config[section])
+    except ValueError as e:
+      raise ConfigError(f"config.{section}: {e}") from None
+
+
 def make(config):
   """The DDPM as a `Method` (see genjax.methods)."""
   model = make_model(config)
