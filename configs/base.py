@@ -120,6 +120,31 @@ def get_base_config(variant=""):
   ev.num_samples = {"smoke": 8, "cpu": 256, "": 2048}[variant]
   # Local FID Inception weights (see README); empty: FID is reported as null.
   ev.inception_weights = os.environ.get("GENJAX_INCEPTION_WEIGHTS", "")
+  # Real slices the samples are compared with: 'healthy' or 'all'.
+  ev.reference = "healthy"
+  # Images (samples, and as many real slices) for pairwise MS-SSIM.
+  ev.diversity_num_images = {"smoke": 8, "cpu": 64, "": 128}[variant]
+  ev.diversity_max_pairs = 1000
+  ev.kid_subset_size = 1000
+  ev.kid_num_subsets = 100
+  ev.num_figure_images = 8  # Images per row of the figures.
 
-  config.anomaly = ml_collections.ConfigDict()
+  config.anomaly = an = ml_collections.ConfigDict()
+  # Side of the median filter applied to residual maps (1 = off). 5 at 128 px
+  # as in Baur et al. (2021); 3 at low resolution, where a 5x5 median erases
+  # lesions of a few pixels.
+  an.median_filter = {"smoke": 3, "cpu": 3, "": 5}[variant]
+  an.num_reconstructions = 1  # Residuals averaged over this many.
+  # Fraction of healthy validation brain pixels allowed above the threshold.
+  an.healthy_fpr = 0.01
+  # Slice score: 'top_k_mean' (mean of the slice_top_k largest residuals),
+  # 'mean' (mean residual over the brain) or 'sum'.
+  an.slice_score = "top_k_mean"
+  an.slice_top_k = {"smoke": 10, "cpu": 40, "": 160}[variant]  # ~1% of pixels.
+  # Streamed pixel histograms: bins on [0, histogram_max]; residuals of
+  # images in [-1, 1] lie in [0, 2].
+  an.histogram_bins = 16384
+  an.histogram_max = 2.0
+  an.num_figure_slices = 8  # Lesion slices (largest first) in the figure.
+  an.write_maps = True  # Per-subject NIfTI (or .npy/PNG) anomaly maps.
   return config
