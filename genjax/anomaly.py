@@ -360,7 +360,8 @@ def write_subject_maps(out_dir, subject, geometry, slices, write_png=True):
   <subject>_prediction.nii.gz (thresholded), on the stored voxel grid with
   the subject's affine. Without one (all zeros: 2D slice folders):
   <subject>_anomaly.npy [N, H, W] (the scored slices in index order),
-  <subject>_slices.npy [N] (their indices) and a PNG of the stack; slices of
+  <subject>_slices.npy [N] (their indices) and <subject>_slice<k>_anomaly.png
+  per slice (colour, on the subject's common scale); slices of
   different stored shapes are kept on the model grid [N, S, S] instead.
 
   Args:
@@ -368,7 +369,7 @@ def write_subject_maps(out_dir, subject, geometry, slices, write_png=True):
     subject: subject id (used in the file names).
     geometry: this subject's entry of `volume_geometry`.
     slices: {k: (residual [S, S], prediction [S, S] bool)} on the model grid.
-    write_png: with a zero affine, also write a PNG grid.
+    write_png: with a zero affine, also write a PNG per slice.
 
   Returns:
     The paths written.
@@ -390,10 +391,12 @@ def write_subject_maps(out_dir, subject, geometry, slices, write_png=True):
     np.save(paths[0], stack)
     np.save(paths[1], np.asarray(ks))
     if write_png:
+      # One PNG per slice, named by its index, on the subject's common scale.
       top = max(float(stack.max()), 1e-6)
-      paths.append(viz.save_png(
-          os.path.join(out_dir, f"{safe}_anomaly.png"),
-          viz.grid(colorize(stack / top), ncols=8)))
+      for k, residual in zip(ks, stack):
+        paths.append(viz.save_png(
+            os.path.join(out_dir, f"{safe}_slice{k:04d}_anomaly.png"),
+            colorize(residual[None] / top)[0]))
     return paths
   # A volume's slices share one in-plane shape.
   height, width = next(iter(shapes.values()))

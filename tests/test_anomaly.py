@@ -179,7 +179,12 @@ def test_maps_without_affine_are_npy_stacks(tmp_path):
   assert stack.shape == (2, 4, 4)
   np.testing.assert_array_equal(np.load(tmp_path / "s_1_slices.npy"), [3, 5])
   assert np.all(stack[0] == 0.5) and np.all(stack[1] == 0)
-  assert any(p.endswith(".png") for p in paths)
+  pngs = sorted(os.path.basename(p) for p in paths if p.endswith(".png"))
+  assert pngs == ["s_1_slice0003_anomaly.png", "s_1_slice0005_anomaly.png"]
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  hot = np.asarray(Image.open(tmp_path / pngs[0]))
+  cold = np.asarray(Image.open(tmp_path / pngs[1]))
+  assert hot.shape == (4, 4, 3) and hot.sum() > cold.sum()
 
 
 # --- The detector on the phantom with a fake method ---------------------------
