@@ -4,7 +4,6 @@ r"""Plots scalars from a workdir's TensorBoard events as a PNG.
       --out=runs/ddpm_cpu/loss.png
 """
 
-import glob
 import os
 
 from absl import app
@@ -12,25 +11,13 @@ from absl import flags
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import tensorflow as tf
-from tensorflow.core.util import event_pb2
+
+from genjax.train import read_scalars
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
 _TAGS = flags.DEFINE_list("tags", ["loss"], "Scalar tags to plot.")
 _OUT = flags.DEFINE_string("out", None, "PNG path (default WORKDIR/<tags>.png).")
 flags.mark_flag_as_required("workdir")
-
-
-def read_scalars(workdir, tag):
-  """Sorted (step, value) pairs of one scalar tag from the event files."""
-  points = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-    for record in tf.data.TFRecordDataset(path):
-      event = event_pb2.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.tag == tag:
-          points[event.step] = float(tf.make_ndarray(value.tensor))
-  return sorted(points.items())
 
 
 def main(argv):

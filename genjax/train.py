@@ -10,6 +10,7 @@ batches already consumed, so a run restarted from a checkpoint continues
 exactly as if it had never stopped.
 """
 
+import glob
 import json
 import logging as std_logging
 import os
@@ -25,6 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
 from genjax import methods
 from genjax import optim
@@ -426,6 +429,19 @@ def _train_loop(config, workdir, mesh, method, state, start_step, batches,
   logging.info("Trained %d steps in %.1f s.", num_steps - start_step,
                time.time() - t_start)
   return state
+
+
+def read_scalars(workdir, tag):
+  """Sorted (step, value) pairs of one scalar tag from the event files."""
+  points = {}
+  pattern = os.path.join(workdir, "events.out.tfevents.*")
+  for path in sorted(glob.glob(pattern)):
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == tag:
+          points[event.step] = float(tf.make_ndarray(value.tensor))
+  return sorted(points.items())
 
 
 def sample_mode(config, workdir):

@@ -197,6 +197,6 @@ def test_skip_nonfinite_drops_and_counts_bad_updates(smoke_config, tmp_path,
   # Step 1 applied; steps 2 and 3 were dropped, so state.step stays at 1.
   assert int(state.step) == 1
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
-  from tests.test_train import read_scalars  # pylint: disable=g-import-not-at-top
+  from genjax.train import read_scalars  # pylint: disable=g-import-not-at-top
   skipped = dict(read_scalars(str(tmp_path), "skipped"))
   assert skipped == {1: 0.0, 2: 1.0, 3: 1.0}

@@ -1,6 +1,5 @@
 """The GAN + f-AnoGAN encoder: losses, penalties, updates, the real loop."""
 
-import glob
 import math
 import os
 
@@ -8,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
-from tensorflow.core.util import event_pb2
 
 from configs import gan as gan_config
+from genjax.train import read_scalars
 from genjax import config as config_lib
 from genjax import train
 from genjax.data import pipeline
@@ -329,17 +327,6 @@ def test_collapsed_generator_has_high_sample_ms_ssim(phantom_data_dir):
 
 
 # --- The real loop on :smoke ------------------------------------------------
-
-
-def read_scalars(workdir, tag):
-  out = []
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-    for record in tf.data.TFRecordDataset(path):
-      event = event_pb2.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.tag == tag:
-          out.append((event.step, float(tf.make_ndarray(value.tensor))))
-  return sorted(out)
 
 
 def test_smoke_training_loop(smoke_config, tmp_path):

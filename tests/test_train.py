@@ -1,27 +1,13 @@
 """The generic training loop on `configs/ddpm.py:smoke`: resume, logs, samples."""
 
-import glob
 import os
 
 import jax
 import numpy as np
 import pytest
-import tensorflow as tf
-from tensorflow.core.util import event_pb2
 
+from genjax.train import read_scalars
 from genjax import train
-
-
-def read_scalars(workdir, tag):
-  """(step, value) pairs of a scalar from the TensorBoard event files."""
-  out = []
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-    for record in tf.data.TFRecordDataset(path):
-      event = event_pb2.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.tag == tag:
-          out.append((event.step, float(tf.make_ndarray(value.tensor))))
-  return sorted(out)
 
 
 def _params(state):

@@ -21,7 +21,7 @@ from genjax.data import smote
 from genjax.methods import vae
 from genjax.nn import features
 from genjax.nn import vae as vae_nn
-from tests.test_train import read_scalars
+from genjax.train import read_scalars
 
 # --- KL ----------------------------------------------------------------------
 
