@@ -780,17 +780,8 @@ def reproduce_command(config, workdir, mode):
   except Exception:  # pylint: disable=broad-except
     return " ".join(shlex.quote(a) for a in args)
 
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = v
-    return out
-
-  now = flat(json.loads(config.to_json_best_effort()))
-  then = flat(json.loads(default.to_json_best_effort()))
+  now = train.flatten_config(json.loads(config.to_json_best_effort()))
+  then = train.flatten_config(json.loads(default.to_json_best_effort()))
   for key in sorted(now):
     if key in then and now[key] != then[key]:
       value = now[key]

@@ -70,11 +70,12 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint's arrays do not fit the configured method/architecture."""
 
 
-def _flatten(tree, prefix=""):
+def flatten_config(tree, prefix=""):
+  """A nested dict (a config as JSON) -> {'a.b.c': value}."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
+      out.update(flatten_config(value, f"{prefix}{key}."))
     else:
       out[f"{prefix}{key}"] = value
   return out
@@ -91,7 +92,7 @@ def check_workdir_config(config, workdir):
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    a, b = _flatten(saved), _flatten(current)
+    a, b = flatten_config(saved), flatten_config(current)
     # Fields the saved config lacks were added to genjax since; their
     # defaults keep the old behaviour, so they do not count as a difference.
     diff = sorted(k for k in a
