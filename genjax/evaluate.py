@@ -212,12 +212,16 @@ def reconstruction_quality(config, quality_fn, state, split, rng, mesh,
     split: the split to read.
     rng: key; batch i uses fold_in(rng, i).
     mesh: the device mesh.
-    keep: how many (input, reconstruction) pairs to return for a figure.
+    keep: how many (input, reconstruction) pairs to return for a figure,
+      drawn uniformly over the split's healthy slices.
 
   Returns:
     (metrics dict with n_slices, figure pairs [(input, reconstruction)]).
   """
-  metric_rows, weights, pairs = [], [], []
+  metric_rows, weights = [], []
+  # eval_batches is ordered by subject: a reservoir spreads the figure's
+  # slices over the whole split instead of the first subject's neighbours.
+  pairs = Reservoir(keep, config.seed)
   for i, batch in enumerate(anomaly.eval_batches(config, split)):
     images, brain = anomaly.batch_to_device(
         batch, mesh, config.eval.batch_size)
@@ -227,12 +231,12 @@ def reconstruction_quality(config, quality_fn, state, split, rng, mesh,
     weights.append(use)
     metric_rows.append({k: np.asarray(v) for k, v in out.items()
                         if k != "reconstruction"})
-    for j in np.nonzero(use)[0]:
-      if len(pairs) < keep:
-        pairs.append((batch["image"][j], np.asarray(out["reconstruction"][j])))
+    if keep:
+      for j in np.nonzero(use)[0]:
+        pairs.add((batch["image"][j], np.asarray(out["reconstruction"][j])))
   result = {"n_slices": int(np.concatenate(weights).sum())}
   result.update(_weighted_means(metric_rows, weights))
-  return result, pairs
+  return result, pairs.items
 
 
 def _distances(real, fake, name, opts, seed):
