@@ -158,6 +158,19 @@ def _discrete_loop(step_fn, x_start: Array, ts: np.ndarray, rng: jax.Array) -> A
   return x
 
 
+def _predict(model_fn, schedule, x, t, t_prev, prediction, clip_x0):
+  """One model call of a discrete step from index t to t_prev.
+
+  Returns:
+    (abar_t, abar_s, x0_hat, eps_hat): alpha-bar at both indices (index -1
+    is the clean image, alpha-bar 1) and the model's x0 and eps estimates.
+  """
+  abar_t, abar_s = sch.alpha_bar(schedule, t), sch.alpha_bar(schedule, t_prev)
+  out = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+  x0, eps = sch.to_x0_eps(out, prediction, x, jnp.sqrt(abar_t), jnp.sqrt(1 - abar_t), clip_x0)
+  return abar_t, abar_s, x0, eps
+
+
 @register_sampler('ddpm')
 def ddpm_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_start: Array,
                 t_start: int | None = None, *, prediction: str = 'eps',
@@ -192,13 +205,10 @@ def ddpm_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
     raise ValueError(f"variance={variance!r} must be 'small' or 'large'.")
   ts = _discrete_sequence(schedule, t_start, num_steps, stride)
   noise_fn = noise_fn or losses.gaussian_noise
-  batch = x_start.shape[0]
 
   def step(x, inp):
     t, t_prev, key = inp
-    abar_t, abar_s = sch.alpha_bar(schedule, t), sch.alpha_bar(schedule, t_prev)
-    out = model_fn(x, jnp.full((batch,), t, jnp.int32))
-    x0, _ = sch.to_x0_eps(out, prediction, x, jnp.sqrt(abar_t), jnp.sqrt(1 - abar_t), clip_x0)
+    abar_t, abar_s, x0, _ = _predict(model_fn, schedule, x, t, t_prev, prediction, clip_x0)
     c_x0, c_xt, var = sch.posterior_coefficients(abar_t, abar_s)
     mean = c_x0 * x0 + c_xt * x
     if variance == 'large':
@@ -241,13 +251,10 @@ def ddim_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
   """
   ts = _discrete_sequence(schedule, t_start, num_steps, stride)
   noise_fn = noise_fn or losses.gaussian_noise
-  batch = x_start.shape[0]
 
   def step(x, inp):
     t, t_prev, key = inp
-    abar_t, abar_s = sch.alpha_bar(schedule, t), sch.alpha_bar(schedule, t_prev)
-    out = model_fn(x, jnp.full((batch,), t, jnp.int32))
-    x0, eps = sch.to_x0_eps(out, prediction, x, jnp.sqrt(abar_t), jnp.sqrt(1 - abar_t), clip_x0)
+    abar_t, abar_s, x0, eps = _predict(model_fn, schedule, x, t, t_prev, prediction, clip_x0)
     sigma = eta * jnp.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
     x = (jnp.sqrt(abar_s) * x0 + jnp.sqrt(jnp.maximum(1 - abar_s - sigma ** 2, 0.0)) * eps)
     if not (isinstance(eta, (int, float)) and eta == 0):  # Skip the draw when static 0.
