@@ -61,7 +61,16 @@ def main(argv):
     sys.exit(f"Config error: {e}")
   logging.info("Mode %s, workdir %s, config:\n%s", _MODE.value,
                _WORKDIR.value, config)
-  modes.run(_MODE.value, config, _WORKDIR.value)
+  # pylint: disable=g-import-not-at-top
+  from genjax.data import builders
+  from genjax.data import nifti
+  from genjax.data import slices
+  try:
+    modes.run(_MODE.value, config, _WORKDIR.value)
+  except (builders.DatasetError, nifti.NiftiError, slices.SliceError) as e:
+    # The message names the file or folder and what to do; a traceback
+    # through TFDS would only bury it.
+    sys.exit(f"Data error: {e}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ fails in the first second with a message naming the field, not after minutes
 of data building or deep inside XLA.
 """
 
+import math
 import re
 
 DATASETS = ("brain_phantom", "nifti_folder", "slice_folder")
@@ -47,6 +48,10 @@ def validate_data(data):
   from genjax.data import builders  # pylint: disable=g-import-not-at-top
   _check(data.dataset in DATASETS, "data.dataset",
          f"{data.dataset!r} is not one of {', '.join(DATASETS)}.")
+  configs = [c.name for c in builders.DATASETS[data.dataset].BUILDER_CONFIGS]
+  _check(data.builder_config in configs, "data.builder_config",
+         f"{data.builder_config!r} is not a config of {data.dataset}; use one "
+         f"of {', '.join(configs)} (README.md, section \"Data\").")
   if data.dataset == "slice_folder":
     from genjax.data import slices  # pylint: disable=g-import-not-at-top
     try:
@@ -104,6 +109,25 @@ def validate_train(train):
          "must be True or False.")
 
 
+def validate_devices(config):
+  """Batch sizes must split evenly over the devices; raises ConfigError.
+
+  The loop checks its mesh again (it may be given fewer devices), but a run
+  on all devices learns it here, before any data is built or code compiled.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  n_dev, n_proc = jax.device_count(), jax.process_count()
+  b = config.train.batch_size
+  _check(b % n_dev == 0 and b % n_proc == 0, "train.batch_size",
+         f"{b} is not divisible by the number of devices ({n_dev}) and hosts "
+         f"({n_proc}) this job runs on; use a multiple of "
+         f"{n_dev * n_proc // math.gcd(n_dev, n_proc)}.")
+  b = config.eval.batch_size
+  _check(b % n_dev == 0, "eval.batch_size",
+         f"{b} is not divisible by the number of devices ({n_dev}); use a "
+         f"multiple of {n_dev}.")
+
+
 def validate_eval(config):
   """Checks config.eval and config.anomaly; raises ConfigError."""
   # pylint: disable=g-import-not-at-top
@@ -122,6 +146,7 @@ def validate(config):
   validate_data(config.data)
   validate_augment(config.augment)
   validate_train(config.train)
+  validate_devices(config)
   _check(0.0 <= config.smote.fraction <= 1.0, "smote.fraction",
          f"must be in [0, 1], got {config.smote.fraction!r}.")
   validate_eval(config)

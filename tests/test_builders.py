@@ -178,56 +178,6 @@ def test_changed_manual_dir_is_detected(custom_dataset, tmp_path):
 # --- nifti_folder errors ------------------------------------------------------
 
 
-def _prepare_custom(tmp_path, manual):
-  builders.prepare(_data_config("nifti_folder", "custom", tmp_path / "tfds",
-                                manual))
-
-
-def test_empty_split_folder_rejected(tmp_path):
-  (tmp_path / "manual" / "train").mkdir(parents=True)
-  with pytest.raises(nifti.NiftiError, match="train: no images"):
-    _prepare_custom(tmp_path, tmp_path / "manual")
-
-
-def test_missing_or_unset_manual_dir_rejected(tmp_path):
-  with pytest.raises(nifti.NiftiError, match="does not exist"):
-    _prepare_custom(tmp_path, tmp_path / "nowhere")
-  with pytest.raises(ValueError, match="manual_dir is not set"):
-    _prepare_custom(tmp_path, None)
-
-
-def test_layout_errors(tmp_path):
-  manual = tmp_path / "manual"
-  _save(manual / "test" / "a.nii.gz", _subject(0)[0])
-  _save(manual / "test" / "b_mask.nii.gz", _subject(0)[1])
-  with pytest.raises(nifti.NiftiError, match="b_mask.nii.gz: a mask with no"):
-    builders.find_subjects("custom", manual)
-  (manual / "test" / "b_mask.nii.gz").unlink()
-  _save(manual / "train" / "a.nii", _subject(0)[0])
-  with pytest.raises(nifti.NiftiError, match="subject 'a'"):
-    builders.find_subjects("custom", manual)
-  (manual / "train" / "a.nii").unlink()
-  (manual / "val").mkdir()
-  with pytest.raises(nifti.NiftiError, match="val: unknown split folder"):
-    builders.find_subjects("custom", manual)
-
-
-def test_bad_volume_fails_build_naming_file(tmp_path):
-  manual = tmp_path / "manual"
-  image = _subject(0)[0]
-  image[1, 1, 1] = np.nan
-  _save(manual / "train" / "bad.nii.gz", image)
-  with pytest.raises(nifti.NiftiError, match="bad.nii.gz: 1 of"):
-    _prepare_custom(tmp_path, manual)
-
-
-def test_unknown_dataset_config_rejected(tmp_path):
-  with pytest.raises(ValueError, match="'brain_phantom', 'nifti_folder'"):
-    builders.get_builder(_data_config("mnist", "custom", tmp_path))
-  with pytest.raises(ValueError, match="'custom', 'ixi', 'atlas'"):
-    builders.get_builder(_data_config("nifti_folder", "tiny", tmp_path))
-
-
 # --- nifti_folder 'ixi' and 'atlas' layouts -----------------------------------
 
 

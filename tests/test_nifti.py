@@ -1,10 +1,7 @@
 """Tests of genjax.data.nifti on small NIfTI files written with nibabel."""
 
-import gzip
-
 import nibabel as nib
 import numpy as np
-import pytest
 
 from genjax.data import nifti
 
@@ -54,55 +51,6 @@ def test_4d_singleton_is_squeezed(tmp_path):
   np.testing.assert_array_equal(out, data)
 
 
-@pytest.mark.parametrize("shape,match", [
-    ((4, 5, 6, 3), "3 volumes"),
-    ((4, 5), "2D"),
-])
-def test_wrong_ndim_rejected(tmp_path, shape, match):
-  path = _save(tmp_path / "bad.nii.gz", _volume(shape))
-  with pytest.raises(nifti.NiftiError, match=match) as e:
-    nifti.load_volume(path)
-  assert "bad.nii.gz" in str(e.value)
-
-
-def test_truncated_gz_rejected_naming_file(tmp_path):
-  path = _save(tmp_path / "cut.nii.gz", _volume((20, 20, 20)))
-  raw = path.read_bytes()
-  path.write_bytes(raw[:len(raw) // 2])  # Header intact, data cut short.
-  with pytest.raises(nifti.NiftiError, match="truncated") as e:
-    nifti.load_volume(path)
-  assert str(path) in str(e.value)
-
-
-def test_truncated_nii_rejected(tmp_path):
-  path = _save(tmp_path / "cut.nii", _volume((20, 20, 20)))
-  raw = path.read_bytes()
-  path.write_bytes(raw[:len(raw) // 2])
-  with pytest.raises(nifti.NiftiError, match="cut.nii"):
-    nifti.load_volume(path)
-
-
-def test_missing_and_non_nifti_rejected(tmp_path):
-  with pytest.raises(nifti.NiftiError, match="no such file"):
-    nifti.load_volume(tmp_path / "missing.nii.gz")
-  junk = tmp_path / "junk.nii.gz"
-  junk.write_bytes(gzip.compress(b"not a nifti file" * 40))
-  with pytest.raises(nifti.NiftiError, match="junk.nii.gz"):
-    nifti.load_volume(junk)
-  text = tmp_path / "text.nii"
-  text.write_text("hello")
-  with pytest.raises(nifti.NiftiError, match="text.nii"):
-    nifti.load_volume(text)
-
-
-def test_nan_rejected_with_count(tmp_path):
-  data = _volume()
-  data[0, 0, :3] = np.nan
-  data[1, 1, 1] = np.inf
-  with pytest.raises(nifti.NiftiError, match="4 of 210 voxels"):
-    nifti.load_volume(_save(tmp_path / "nan.nii.gz", data))
-
-
 def test_load_mask_binarises_and_reorients(tmp_path):
   mask = np.zeros((5, 6, 7), np.float32)
   mask[1, 2, 3] = 1
@@ -116,22 +64,6 @@ def test_load_mask_binarises_and_reorients(tmp_path):
   out = nifti.load_mask(mask_path, image.shape, affine)
   assert out.dtype == np.uint8
   np.testing.assert_array_equal(out, (mask > 0).astype(np.uint8))
-
-
-def test_mask_shape_and_affine_mismatch_rejected(tmp_path):
-  image_path = _save(tmp_path / "im.nii.gz", _volume())
-  image, affine = nifti.load_volume(image_path)
-  small = _save(tmp_path / "small_mask.nii.gz", np.zeros((5, 6, 6), np.uint8))
-  with pytest.raises(nifti.NiftiError, match=r"\(5, 6, 6\)") as e:
-    nifti.load_mask(small, image.shape, affine, image_path=image_path)
-  assert "small_mask.nii.gz" in str(e.value) and "im.nii.gz" in str(e.value)
-  shifted = RAS_AFFINE.copy()
-  shifted[0, 3] += 1.0
-  moved = _save(tmp_path / "moved_mask.nii.gz", np.zeros((5, 6, 7), np.uint8),
-                shifted)
-  with pytest.raises(nifti.NiftiError, match="affine") as e:
-    nifti.load_mask(moved, image.shape, affine, image_path=image_path)
-  assert "moved_mask.nii.gz" in str(e.value)
 
 
 def test_save_volume_roundtrip_with_qform_and_sform(tmp_path):

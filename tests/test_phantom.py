@@ -240,17 +240,6 @@ def test_plan_seeds_stable_when_a_split_grows():
   assert not seeds(spec) & seeds(other)
 
 
-def test_duplicate_seed_is_rejected():
-  plans = phantom.subject_plan(phantom.SPECS["tiny"])
-  first = plans[0]
-  clash = dataclasses.replace(plans[-1], seed=first.seed)
-  with pytest.raises(ValueError) as error:
-    phantom.check_unique_seeds(plans[:-1] + [clash])
-  message = str(error.value)
-  assert str(first.seed) in message
-  assert first.subject_id in message and clash.subject_id in message
-
-
 def test_tiny_train_mixed_lesion_slice_fraction():
   """Lesion slices are a 10-20 % minority of train_mixed's brain slices."""
   spec = phantom.SPECS["tiny"]

@@ -4,7 +4,6 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from genjax.train import read_scalars
 from genjax import train
@@ -61,18 +60,3 @@ def test_loss_decreases_and_is_logged(smoke_config, tmp_path):
   assert os.path.exists(os.path.join(workdir, "sample", "grid.png"))
   saved = np.load(os.path.join(workdir, "sample", "samples.npy"))
   np.testing.assert_array_equal(saved, images)
-
-
-def test_workdir_of_another_config_is_refused(smoke_config, tmp_path):
-  config = smoke_config()
-  config.train.num_steps = 1
-  config.train.sample_every = 100
-  train.train_and_evaluate(config, str(tmp_path))
-  config.model.base_channels = 16
-  with pytest.raises(train.WorkdirMismatchError, match="model.base_channels"):
-    train.train_and_evaluate(config, str(tmp_path))
-
-
-def test_sample_without_checkpoint_is_a_clear_error(smoke_config, tmp_path):
-  with pytest.raises(FileNotFoundError, match="No checkpoint"):
-    train.sample_mode(smoke_config(), str(tmp_path))

@@ -964,6 +964,71 @@ DATASETS = {
 _MANUAL_DATASETS = (NiftiFolder, SliceFolder)
 
 
+
+
+class DatasetError(ValueError):
+  """A dataset that is not built and cannot be built as configured."""
+
+
+README_SECTIONS = {
+    "brain_phantom": 'README.md, section "Data" > "The embedded brain '
+                     'phantom (`brain_phantom`)"',
+    "nifti_folder": 'README.md, section "Data" > "Your own NIfTI volumes '
+                    '(`nifti_folder`)"',
+    "slice_folder": 'README.md, section "Data" > "Your own 2D slices '
+                    '(`slice_folder`)"',
+}
+# What manual_dir must hold, and where the files come from, per layout.
+_MANUAL_CONTENTS = {
+    ("nifti_folder", "custom"):
+        "<split>/<name>.nii.gz for splits among train, train_mixed, "
+        "validation, test, with lesion masks <name>_mask.nii.gz",
+    ("nifti_folder", "ixi"):
+        "IXI-T1/IXI*-T1.nii.gz, the IXI T1 volumes (download them from "
+        "https://brain-development.org/ixi-dataset/, then skull-strip and "
+        "register them to MNI space)",
+    ("nifti_folder", "atlas"):
+        "the ATLAS v2.0 BIDS folders, **/sub-*_T1w.nii.gz with "
+        "..._label-L_desc-T1lesion_mask.nii.gz beside each (download them "
+        "from https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html)",
+    ("slice_folder", "custom"):
+        "<split>/<subject>_slice_<n>.png (or .tif, .npy) for splits among "
+        "train, train_mixed, validation, test, with lesion masks "
+        "<stem>_mask.png beside the images",
+    ("slice_folder", "kaggle_lgg"):
+        "kaggle_3m/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif "
+        "(download the set from "
+        "https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation "
+        "and unzip it there)",
+}
+
+
+def how_to_build(builder):
+  """One paragraph: what manual_dir must hold and where the README says more."""
+  key = (builder.name, builder.builder_config.name)
+  return (f"For {builder.name}/{builder.builder_config.name}, manual_dir must "
+          f"hold {_MANUAL_CONTENTS[key]}. Pass it as "
+          f"--config.data.manual_dir=/path/to/that/folder; see "
+          f"{README_SECTIONS[builder.name]}.")
+
+
+def _check_writable(data_dir, builder):
+  """Raises DatasetError unless `builder` can be written under data_dir."""
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    probe = os.path.join(data_dir, f".genjax_write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except OSError as e:
+    raise DatasetError(
+        f"{builder.name}/{builder.builder_config.name} is not built in "
+        f"{data_dir} (config.data.data_dir) and cannot be built there: "
+        f"{e.strerror or e} ({e.filename or data_dir}). Pass a writable "
+        "folder as --config.data.data_dir=/path/to/tensorflow_datasets (or "
+        "set $GENJAX_DATA_DIR); see "
+        f"{README_SECTIONS[builder.name]}.") from None
+
 def get_builder(data_config):
   """Returns the TFDS builder `config.data` names (not prepared yet maybe).
 
@@ -971,16 +1036,16 @@ def get_builder(data_config):
     data_config: `config.data` (dataset, builder_config, data_dir, ...).
 
   Raises:
-    ValueError: unknown dataset or builder config (the valid ones listed).
+    DatasetError: unknown dataset or builder config (the valid ones listed).
   """
   name = data_config.dataset
   if name not in DATASETS:
-    raise ValueError(f"Unknown dataset {name!r} (config.data.dataset); use "
+    raise DatasetError(f"Unknown dataset {name!r} (config.data.dataset); use "
                      f"one of {', '.join(map(repr, DATASETS))}.")
   cls = DATASETS[name]
   configs = [c.name for c in cls.BUILDER_CONFIGS]
   if data_config.builder_config not in configs:
-    raise ValueError(
+    raise DatasetError(
         f"Unknown builder config {data_config.builder_config!r} of {name} "
         f"(config.data.builder_config); use one of "
         f"{', '.join(map(repr, configs))}.")
@@ -1015,18 +1080,20 @@ def prepare(data_config):
     if from_manual_dir and manual_dir and os.path.isdir(manual_dir):
       _check_unchanged(builder, manual_dir)
     return builder
-  instructions = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
   if from_manual_dir and not manual_dir:
-    raise ValueError(
+    raise DatasetError(
         f"{builder.name}/{builder.builder_config.name} is not prepared in "
-        f"{builder.data_dir} and config.data.manual_dir is not set. Set it "
-        f"to the folder with your files:\n{instructions}")
+        f"{builder.data_dir} and config.data.manual_dir is not set, so "
+        f"genjax cannot build it. {how_to_build(builder)}")
   if manual_dir and not os.path.isdir(manual_dir):
     error = (slices.SliceError if isinstance(builder, SliceFolder)
              else nifti.NiftiError)
     raise error(
-        f"manual_dir {manual_dir} (config.data.manual_dir) does not exist. "
-        f"Create it and put the files there:\n{instructions}")
+        f"manual_dir {manual_dir} (config.data.manual_dir) does not exist, "
+        f"and {builder.name}/{builder.builder_config.name} is not prepared "
+        f"in {builder.data_dir}. {how_to_build(builder)}")
+  _check_writable(os.path.expanduser(os.fspath(data_config.data_dir)),
+                  builder)
   logging.info("Preparing %s in %s.", builder.info.full_name, builder.data_dir)
   try:
     builder.download_and_prepare(
@@ -1090,7 +1157,9 @@ def load_split(data_config, split, *, shuffle_files=False, read_config=None):
     affine float32 [4, 4].
 
   Raises:
-    ValueError: unknown dataset, builder config or split (valid ones listed).
+    DatasetError (a ValueError): unknown dataset, builder config or split
+      (valid ones listed); a dataset that is not built and cannot be: no or a
+      missing manual_dir, a data_dir that cannot be written.
     NiftiError: bad files or layout under manual_dir (nifti_folder).
     SliceError: bad files or layout under manual_dir (slice_folder).
   """
@@ -1099,7 +1168,7 @@ def load_split(data_config, split, *, shuffle_files=False, read_config=None):
   if isinstance(split, str):
     for name in _split_names(split):
       if name not in available:
-        raise ValueError(
+        raise DatasetError(
             f"{builder.info.full_name} has no split {name!r}; it has "
             f"{', '.join(map(repr, available))}.")
   if shuffle_files:
