@@ -184,3 +184,42 @@ def test_noise_level_sweep_writes_consistent_tables_and_resumes(trained_ddpm):
   third = noise_level.run(config, workdir, (10,), ("gaussian",),
                           num_resamples=5)
   assert third["computed"] == [("gaussian", 10)]
+
+
+def test_compare_models_tables_figures_and_resume(tmp_path, phantom_data_dir):
+  from experiments.ablations import compare_models
+  workdir = str(tmp_path / "compare")
+  configs = compare_models.build_configs(
+      "smoke", compare_models.METHODS,
+      [f"data.data_dir={phantom_data_dir}", "anomaly.write_maps=False"],
+      {"gan": ["gan.gan_steps=2", "gan.encoder_steps=1"]})
+  first = compare_models.run(workdir, configs)
+  kinds = sorted(k for k, _ in first["computed"])
+  assert kinds == ["detect"] * 3 + ["eval"] * 3 + ["train"] * 3
+  rows = common.read_csv(os.path.join(workdir, "comparison.csv"))
+  by_key = {r["metric"]: r for r in rows}
+  for m in compare_models.METHODS:
+    with open(os.path.join(workdir, m, "eval", "metrics.json")) as f:
+      ev = json.load(f)
+    with open(os.path.join(workdir, m, "detect", "metrics.json")) as f:
+      det = json.load(f)
+    assert float(by_key["ssim"][m]) == ev["reconstruction"]["test"]["ssim"]
+    assert float(by_key["fd_random_conv"][m]) == ev["fd_random_conv"]
+    assert by_key["fid"][m] == ""  # No Inception weights: null, not faked.
+    assert float(by_key["auprc"][m]) == det["auprc"]
+    assert float(by_key["dice_best"][m]) == det["dice_best"]
+  md = open(os.path.join(workdir, "comparison.md")).read()
+  assert "NOT FID" in md
+  assert anomaly.fmt(float(by_key["auprc"]["gan"])) in md
+  summary = json.load(open(os.path.join(workdir, "comparison.json")))
+  assert set(summary["methods"]) == set(compare_models.METHODS)
+  for name in ("samples.png", "reconstructions.png", "residuals.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+  stamp = os.path.getmtime(os.path.join(workdir, "vae", "detect",
+                                        "metrics.json"))
+  second = compare_models.run(workdir, configs)
+  assert second["computed"] == []
+  assert second["table"] == first["table"]
+  assert os.path.getmtime(os.path.join(workdir, "vae", "detect",
+                                       "metrics.json")) == stamp
