@@ -223,3 +223,101 @@ def test_compare_models_tables_figures_and_resume(tmp_path, phantom_data_dir):
   assert second["table"] == first["table"]
   assert os.path.getmtime(os.path.join(workdir, "vae", "detect",
                                        "metrics.json")) == stamp
+
+
+def _synthetic_brain(blob=None, size=48):
+  """A bright disk (brain, value 0.5) on a -1 background; `blob` = (row,
+  col, radius) of a dark (-0.8) disk inside it."""
+  yy, xx = np.mgrid[:size, :size]
+  image = np.full((size, size, 1), -1.0, np.float32)
+  image[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 2 - 3) ** 2] = 0.5
+  if blob is not None:
+    r, c, radius = blob
+    image[(yy - r) ** 2 + (xx - c) ** 2 <= radius ** 2] = -0.8
+  return image
+
+
+def test_lesion_like_measure_on_synthetic_images():
+  from experiments.ablations import class_imbalance as ci
+  rng = np.random.default_rng(0)
+  healthy = [_synthetic_brain() + rng.normal(0, 0.05, (48, 48, 1)).astype(
+      np.float32) * (_synthetic_brain() > -1) for _ in range(4)]
+  threshold = ci.healthy_intensity_threshold(healthy, 1.0)
+  assert 0.2 < threshold < 0.5  # Noise around 0.5, not the background.
+  with_blob = _synthetic_brain((24, 16, 3))  # 29 dark pixels inside.
+  sizes = ci.lesion_like_components(with_blob, threshold, min_pixels=10)
+  assert sizes == [int(np.sum(with_blob[..., 0] == -0.8))]
+  assert ci.lesion_like_components(_synthetic_brain(), threshold, 10) == []
+  # Too small a blob does not count; nor does darkness outside the brain.
+  tiny = _synthetic_brain((24, 16, 1))
+  assert ci.lesion_like_components(tiny, threshold, min_pixels=10) == []
+  outside = _synthetic_brain()
+  outside[1:4, 1:10] = -0.95
+  assert ci.lesion_like_components(outside, threshold, 3) == []
+  # The dark rim at the brain's edge (partial volume) is eroded away.
+  rim = _synthetic_brain()
+  edge = (ci.brain_region(rim[..., 0], erosion=0)
+          & ~ci.brain_region(rim[..., 0]))
+  rim[..., 0][edge] = -0.8
+  assert ci.lesion_like_components(rim, threshold, 3) == []
+  assert ci.lesion_like_fraction(np.stack([with_blob, healthy[0], rim,
+                                           tiny]), threshold, 10) == 0.25
+
+
+def test_class_imbalance_table_and_resume(tmp_path, phantom_data_dir):
+  from experiments.ablations import class_imbalance as ci
+  workdir = str(tmp_path / "imbalance")
+  configs = ci.build_configs(
+      "smoke", ("baseline", "lesion_weight"), steps=3,
+      overrides=[f"data.data_dir={phantom_data_dir}",
+                 "anomaly.write_maps=False"])
+  assert configs["lesion_weight"].vae.lesion_weight == 10.0
+  assert configs["baseline"].data.train_split == "train_mixed"
+  assert configs["baseline"].train.num_steps == 3
+  first = ci.run(workdir, configs, num_samples=6)
+  kinds = sorted(k for k, _ in first["computed"])
+  assert kinds == ["detect"] * 2 + ["eval"] * 2 + ["measure"] * 4 + [
+      "train"] * 2
+  rows = common.read_csv(os.path.join(workdir, "imbalance.csv"))
+  assert [r["remedy"] for r in rows] == ["baseline", "lesion_weight"]
+  for row in rows:
+    run_dir = os.path.join(workdir, row["remedy"])
+    det = json.load(open(os.path.join(run_dir, "detect", "metrics.json")))
+    ev = json.load(open(os.path.join(run_dir, "eval", "metrics.json")))
+    assert float(row["auprc"]) == det["auprc"]
+    assert float(row["ssim"]) == ev["reconstruction"]["test"]["ssim"]
+    assert int(row["step"]) == 3
+    lesion, tissue = float(row["lesion_error"]), float(row["tissue_error"])
+    assert float(row["lesion_tissue_ratio"]) == pytest.approx(lesion / tissue)
+    assert 0.0 <= float(row["lesion_like_fraction"]) <= 1.0
+    assert int(row["n_samples"]) == 6
+  for name in ("imbalance.md", "imbalance.png", "reconstructions.png",
+               "imbalance.json", "reference.json"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  second = ci.run(workdir, configs, num_samples=6)
+  assert second["computed"] == []
+  assert second["rows"] == first["rows"]
+
+
+def test_healthy_bias_against_a_hand_computed_reconstruction(smoke_config):
+  import collections
+  import jax.numpy as jnp
+  from configs import vae
+  from experiments.ablations import class_imbalance as ci
+  from genjax.methods import Method
+  config = smoke_config(vae)
+  # reconstruct(x) = x / 2: the error is |x| / 2 everywhere.
+  method = Method(None, None, None, lambda state, x, rng: x / 2)
+  state = collections.namedtuple("S", "step")(jnp.zeros((), jnp.int32))
+  got = ci.healthy_bias(config, method, state)
+  err, n = np.zeros(2), np.zeros(2)
+  for batch in anomaly.eval_batches(config, config.data.eval_split):
+    use = np.asarray(batch["valid"], bool) & (batch["label"] == 1)
+    e = np.abs(batch["image"][use][..., 0]) / 2
+    brain = batch["brain"][use][..., 0] > 0.5
+    lesion = brain & (batch["mask"][use][..., 0] > 0.5)
+    err += [e[lesion].sum(), e[brain & ~lesion].sum()]
+    n += [lesion.sum(), (brain & ~lesion).sum()]
+  assert got["n_lesion_pixels"] == n[0] > 0
+  assert got["lesion_error"] == pytest.approx(err[0] / n[0], rel=1e-5)
+  assert got["tissue_error"] == pytest.approx(err[1] / n[1], rel=1e-5)

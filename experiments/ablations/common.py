@@ -146,13 +146,17 @@ def flat(config):
   return train.flatten_config(config)
 
 
-def config_differences(saved, config, ignored=IGNORED_FIELDS):
-  """Fields (other than `ignored` ones) where `saved` and `config` differ."""
-  a, b = flat(saved), flat(config)
+def relevant(config, ignored=IGNORED_FIELDS):
+  """flat(config) without the `ignored` fields (prefixes end with '.')."""
   skip = lambda k: any(k == f or (f.endswith(".") and k.startswith(f))
                        for f in ignored)
-  return sorted(k for k in set(a) | set(b) if not skip(k)
-                and a.get(k) != b.get(k))
+  return {k: v for k, v in flat(config).items() if not skip(k)}
+
+
+def config_differences(saved, config, ignored=IGNORED_FIELDS):
+  """Fields (other than `ignored` ones) where `saved` and `config` differ."""
+  a, b = relevant(saved, ignored), relevant(config, ignored)
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 # --- Train, eval and detect, reusing what exists ---------------------------------
