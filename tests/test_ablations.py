@@ -161,6 +161,10 @@ def test_noise_level_sweep_writes_consistent_tables_and_resumes(trained_ddpm):
     pooled = anomaly.pooled_histogram(data)
     assert pooled.num_pos == metrics["n_test_lesion_pixels"]
     assert pooled.auprc() == metrics["auprc"]
+    assert len(data["subjects"]) == metrics["n_test_subjects"]
+    for s, dice in metrics["dice_per_subject"].items():
+      one = anomaly.pooled_histogram(data, [data["subjects"].index(s)])
+      assert one.dice_at(data["threshold"]) == pytest.approx(dice)
   md = open(os.path.join(root, "results.md")).read()
   for row in rows:
     assert common.fmt(float(row["auprc"]), 3) in md
@@ -276,7 +280,8 @@ def test_class_imbalance_table_and_resume(tmp_path, phantom_data_dir):
   assert configs["baseline"].train.num_steps == 3
   first = ci.run(workdir, configs, num_samples=6)
   kinds = sorted(k for k, _ in first["computed"])
-  assert kinds == ["detect"] * 2 + ["eval"] * 2 + ["measure"] * 4 + [
+  # measure: reference.json, and healthy bias and samples per remedy.
+  assert kinds == ["detect"] * 2 + ["eval"] * 2 + ["measure"] * 5 + [
       "train"] * 2
   rows = common.read_csv(os.path.join(workdir, "imbalance.csv"))
   assert [r["remedy"] for r in rows] == ["baseline", "lesion_weight"]
@@ -321,3 +326,14 @@ def test_healthy_bias_against_a_hand_computed_reconstruction(smoke_config):
   assert got["n_lesion_pixels"] == n[0] > 0
   assert got["lesion_error"] == pytest.approx(err[0] / n[0], rel=1e-5)
   assert got["tissue_error"] == pytest.approx(err[1] / n[1], rel=1e-5)
+
+
+def test_model_evaluations_follow_the_samplers_step_density():
+  from configs import ddpm
+  from experiments.ablations import noise_level
+  config = ddpm.get_config("cpu")  # ddim, num_steps 20 for a run from T.
+  assert noise_level.model_evaluations(config, 1000) == 20
+  assert noise_level.model_evaluations(config, 200) == 4
+  assert noise_level.model_evaluations(config, 25) == 1
+  config.anomaly.sampler, config.anomaly.num_steps = "ddpm", None
+  assert noise_level.model_evaluations(config, 200) == 200

@@ -37,7 +37,7 @@ lesion-like samples (lesion_like.json): the fraction of prior samples that
        64 px, 32 at 128 px).
   T1 lesions are hypointense towards CSF, so ventricles can pass this test
   too: the same measure on the real healthy and real lesion test slices is
-  reported beside it (reference.json), and only a rate above the healthy
+  reported beside it (WORKDIR/reference.json), and only a rate above the healthy
   slices' means lesion-like content.
 
 Writes WORKDIR/imbalance.{md,csv,json}, imbalance.png (bars per remedy) and
@@ -252,9 +252,13 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
   """
   first = next(iter(configs.values()))
   min_pixels = min_pixels or default_min_pixels(first.data.image_size)
-  reference = real_reference(first, percentile, min_pixels)
-  common.write_json(os.path.join(workdir, "reference.json"), reference)
   computed, rows, results = [], [], {}
+  data_key = {k: v for k, v in common.relevant(first).items()
+              if k.startswith("data.") and k != "data.train_split"}
+  reference = cached(
+      os.path.join(workdir, "reference.json"),
+      {"data": data_key, "percentile": percentile, "min_pixels": min_pixels},
+      lambda: real_reference(first, percentile, min_pixels), computed, force)
   for name, config in configs.items():
     run_dir = os.path.join(workdir, name)
     before = common.checkpoint_step(config, run_dir)

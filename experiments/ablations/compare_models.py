@@ -56,7 +56,7 @@ EVAL_ROWS = (
     ("samples", "kid_mean", "KID (Inception)"),
     ("samples", "fd_random_conv",
      "fd_random_conv: random-feature Fréchet distance (NOT FID)"),
-    ("samples", "kid_random_conv_mean", "KID on random features (not KID)"),
+    ("samples", "kid_random_conv_mean", "KID on the same random features (not Inception KID)"),
     ("samples", "sharpness_samples", "sharpness of samples"),
     ("samples", "sharpness_real", "sharpness of real slices"),
     ("samples", "hf_energy_samples", "high-frequency energy of samples"),

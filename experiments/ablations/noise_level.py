@@ -42,13 +42,15 @@ from experiments.ablations import common
 from genjax import anomaly
 from genjax import methods
 from genjax import train
+from genjax.diffusion import samplers
+from genjax.diffusion import schedules
 
 DEFAULT_LEVELS = (25, 50, 100, 200, 300, 400, 500, 750)
 DEFAULT_NOISES = ("gaussian", "simplex")
 SAMPLERS = {"ancestral": "ddpm", "ddpm": "ddpm", "ddim": "ddim"}
 METRICS = ("auprc", "auroc", "dice_at_threshold", "dice_best")
 
-COLUMNS = (["noise", "t", "sampler", "step"]
+COLUMNS = (["noise", "t", "sampler", "model_evals", "step"]
            + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
            + ["slice_auroc", "slice_auprc", "dice_per_subject_mean",
               "threshold", "n_test_subjects", "seconds"])
@@ -56,6 +58,20 @@ COLUMNS = (["noise", "t", "sampler", "step"]
 
 def level_dir(root, noise, t):
   return os.path.join(root, f"{noise}_t{int(t):04d}")
+
+
+def model_evaluations(config, t):
+  """UNet evaluations per reconstruction at noise level t (None: not a
+  discrete sampler). A config's anomaly.num_steps is the step density of a
+  full run from T (genjax.diffusion.samplers), so level t takes about
+  num_steps * t / T of them."""
+  if config.anomaly.sampler not in ("ddpm", "ddim"):
+    return None
+  n = config.diffusion.num_timesteps
+  start = schedules.noise_level_to_index(int(t), n)
+  steps = config.anomaly.num_steps
+  steps = samplers.scaled_num_steps(steps, start, n) if steps else None
+  return int(len(samplers.timestep_sequence(start, steps)))
 
 
 def level_config(config, noise, t):
@@ -101,7 +117,7 @@ def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
         os.path.join(out_dir, metrics["subject_histograms"]))
     boot = common.bootstrap_subjects(data, num_resamples, seed)
     row = {"noise": noise, "t": t, "sampler": cfg.anomaly.sampler,
-           "step": metrics["step"]}
+           "model_evals": model_evaluations(cfg, t), "step": metrics["step"]}
     for m in METRICS:
       row[m] = metrics[m]
       row[f"{m}_lo"], row[f"{m}_hi"] = boot[m]["lo"], boot[m]["hi"]
@@ -214,13 +230,15 @@ def residual_figure(paths, levels, noise, path):
 def write_markdown(path, rows, config, num_resamples, command, outputs):
   table = []
   for r in rows:
-    cell = {k: r[k] for k in ("noise", "t", "sampler", "step")}
+    cell = {k: r[k] for k in ("noise", "t", "sampler", "model_evals",
+                              "step")}
     for m in METRICS:
       cell[m] = common.with_interval(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
     cell["slice_auroc"] = common.fmt(r["slice_auroc"], 3)
     cell["seconds"] = common.fmt(r["seconds"], 0)
     table.append({k: str(v) for k, v in cell.items()})
-  cols = ["noise", "t", "sampler", "step", *METRICS, "slice_auroc",
+  cols = ["noise", "t", "sampler", "model_evals", "step", *METRICS,
+          "slice_auroc",
           "seconds"]
   lines = [
       "# DDPM anomaly detection against the noise level t", "",
@@ -236,7 +254,10 @@ def write_markdown(path, rows, config, num_resamples, command, outputs):
       "dice_at_threshold uses the threshold chosen on healthy validation "
       "pixels at each t; dice_best is the optimistic bound chosen on the test "
       "labels. The numbers outside the brackets are the detector's "
-      "metrics.json in `<noise>_t<t>/`.", "",
+      "metrics.json in `<noise>_t<t>/`. model_evals: UNet evaluations per "
+      "reconstruction (anomaly.num_steps is the step density of a full run "
+      "from T, so a level t takes about num_steps * t / T; None: every "
+      "step from t).", "",
       f"![metrics]({os.path.basename(outputs['plot'])})",
   ]
   for key, value in outputs.items():
