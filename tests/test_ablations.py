@@ -337,3 +337,25 @@ def test_model_evaluations_follow_the_samplers_step_density():
   assert noise_level.model_evaluations(config, 25) == 1
   config.anomaly.sampler, config.anomaly.num_steps = "ddpm", None
   assert noise_level.model_evaluations(config, 200) == 200
+
+
+@pytest.mark.parametrize("script", ["noise_level", "compare_models",
+                                    "class_imbalance"])
+def test_command_line_rejects_an_unknown_field_before_any_work(
+    script, trained_ddpm, tmp_path):
+  import subprocess
+  import sys
+  _, ddpm_workdir = trained_ddpm
+  workdir = ddpm_workdir if script == "noise_level" else str(tmp_path / "w")
+  proc = subprocess.run(
+      [sys.executable, "-m", f"experiments.ablations.{script}",
+       f"--workdir={workdir}", "--override=anomaly.noise_levl=3"],
+      capture_output=True, text=True, timeout=300,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode != 0
+  assert "anomaly.noise_levl" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(os.path.join(workdir, "ablations")) or (
+      script == "noise_level")
+  if script != "noise_level":
+    assert not os.path.exists(workdir)

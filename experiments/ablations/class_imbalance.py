@@ -414,41 +414,41 @@ def write_markdown(path, rows, reference, configs, command, outputs):
 
 # --- Command line -------------------------------------------------------------
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go.")
-_VARIANT = flags.DEFINE_string("variant", "cpu", "VAE config variant.")
-_REMEDIES = flags.DEFINE_list("remedies", list(REMEDIES), "Remedies run.")
-_STEPS = flags.DEFINE_integer("steps", None,
-                              "Training steps (default: the config's).")
-_OVERRIDE = flags.DEFINE_multi_string(
-    "override", [], "FIELD=VALUE for every run (repeatable).")
-_NUM_SAMPLES = flags.DEFINE_integer(
-    "num_samples", None, "Samples for the lesion-like measure (default "
-    "config.eval.num_samples).")
-_PERCENTILE = flags.DEFINE_float("percentile", 1.0,
-                                 "Dark = below this percentile of healthy "
-                                 "brain intensities.")
-_MIN_PIXELS = flags.DEFINE_integer(
-    "min_pixels", None, "Smallest lesion-like component (default "
-    "image_size^2 / 512).")
-_FORCE = flags.DEFINE_bool("force", False, "Recompute eval, detect and the "
-                           "measures.")
-flags.mark_flags_as_required(["workdir"])
+def define_flags():
+  """The command-line flags (defined only when run as a script)."""
+  flags.DEFINE_string("workdir", None, "Where the runs go.")
+  flags.DEFINE_string("variant", "cpu", "VAE config variant.")
+  flags.DEFINE_list("remedies", list(REMEDIES), "Remedies run.")
+  flags.DEFINE_integer("steps", None,
+                       "Training steps (default: the config's).")
+  flags.DEFINE_multi_string("override", [],
+                            "FIELD=VALUE for every run (repeatable).")
+  flags.DEFINE_integer("num_samples", None, "Samples for the lesion-like "
+                       "measure (default config.eval.num_samples).")
+  flags.DEFINE_float("percentile", 1.0, "Dark = below this percentile of "
+                     "healthy brain intensities.")
+  flags.DEFINE_integer("min_pixels", None, "Smallest lesion-like component "
+                       "(default image_size^2 / 512).")
+  flags.DEFINE_bool("force", False,
+                    "Recompute eval, detect and the measures.")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
   try:
-    configs = build_configs(_VARIANT.value, _REMEDIES.value, _STEPS.value,
-                            _OVERRIDE.value)
+    configs = build_configs(f.variant, f.remedies, f.steps, f.override)
   except (KeyError, ValueError) as e:
-    sys.exit(str(e))
-  result = run(_WORKDIR.value, configs, num_samples=_NUM_SAMPLES.value,
-               percentile=_PERCENTILE.value, min_pixels=_MIN_PIXELS.value,
-               force=_FORCE.value, command=common.command_line(sys.argv))
+    sys.exit(f"Config error: {e.args[0] if e.args else e}")
+  result = run(f.workdir, configs, num_samples=f.num_samples,
+               percentile=f.percentile, min_pixels=f.min_pixels,
+               force=f.force, command=common.command_line(sys.argv))
   logging.info("Wrote %s", result["outputs"]["markdown"])
   print(open(result["outputs"]["markdown"]).read())
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -105,7 +105,7 @@ def validate(config):
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
-    raise ValueError(f"Config error: {e}") from None
+    raise ValueError(str(e)) from None
   return config
 
 

@@ -254,32 +254,35 @@ def write_markdown(path, rows, results, variant, command, outputs):
 
 # --- Command line -------------------------------------------------------------
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs go.")
-_VARIANT = flags.DEFINE_string("variant", "cpu",
-                               "Config variant: cpu, smoke or empty "
-                               "(research scale).")
-_METHODS = flags.DEFINE_list("methods", list(METHODS), "Methods compared.")
-_OVERRIDE = flags.DEFINE_multi_string(
-    "override", [], "FIELD=VALUE for every method (repeatable).")
-_PER_METHOD = {m: flags.DEFINE_multi_string(
-    f"override_{m}", [], f"FIELD=VALUE for the {m} only (repeatable).")
-               for m in METHODS}
-_FORCE = flags.DEFINE_bool("force", False, "Rerun eval and detect.")
-flags.mark_flags_as_required(["workdir"])
+def define_flags():
+  """The command-line flags (defined only when run as a script)."""
+  flags.DEFINE_string("workdir", None, "Where the runs go.")
+  flags.DEFINE_string("variant", "cpu", "Config variant: cpu, smoke or "
+                      "empty (research scale).")
+  flags.DEFINE_list("methods", list(METHODS), "Methods compared.")
+  flags.DEFINE_multi_string("override", [],
+                            "FIELD=VALUE for every method (repeatable).")
+  for m in METHODS:
+    flags.DEFINE_multi_string(f"override_{m}", [],
+                              f"FIELD=VALUE for the {m} only (repeatable).")
+  flags.DEFINE_bool("force", False, "Rerun eval and detect.")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
   try:
-    configs = build_configs(_VARIANT.value, _METHODS.value, _OVERRIDE.value,
-                            {m: f.value for m, f in _PER_METHOD.items()})
+    configs = build_configs(f.variant, f.methods, f.override,
+                            {m: f[f"override_{m}"].value for m in METHODS})
   except (KeyError, ValueError) as e:
-    sys.exit(str(e))
-  result = run(_WORKDIR.value, configs, force=_FORCE.value,
+    sys.exit(f"Config error: {e.args[0] if e.args else e}")
+  result = run(f.workdir, configs, force=f.force,
                command=common.command_line(sys.argv))
   print(open(result["outputs"]["markdown"]).read())
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

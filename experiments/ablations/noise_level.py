@@ -268,48 +268,51 @@ def write_markdown(path, rows, config, num_resamples, command, outputs):
 
 # --- Command line -------------------------------------------------------------
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained DDPM's workdir.")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional: the run's config file (default: rebuilt from "
-    "WORKDIR/config.json); --config.FIELD=VALUE overrides then work.",
-    lock_config=True)
-_LEVELS = flags.DEFINE_list("noise_levels", [str(t) for t in DEFAULT_LEVELS],
-                            "Noise levels t (noising steps).")
-_NOISES = flags.DEFINE_list("noises", list(DEFAULT_NOISES),
-                            "Noise types: gaussian, simplex.")
-_SAMPLER = flags.DEFINE_enum("sampler", None, list(SAMPLERS),
-                             "Reconstruction sampler (default: the config's "
-                             "anomaly.sampler).")
-_OVERRIDE = flags.DEFINE_multi_string(
-    "override", [], "FIELD=VALUE config override, e.g. "
-    "anomaly.num_steps=50 (repeatable).")
-_RESAMPLES = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples.")
-_WRITE_MAPS = flags.DEFINE_bool("write_maps", False,
-                                "Also write per-subject NIfTI maps per t.")
-_FORCE = flags.DEFINE_bool("force", False, "Recompute every (noise, t).")
-flags.mark_flags_as_required(["workdir"])
+def define_flags():
+  """The command-line flags (defined only when run as a script, so that the
+  ablation modules can be imported together)."""
+  flags.DEFINE_string("workdir", None, "A trained DDPM's workdir.")
+  config_flags.DEFINE_config_file(
+      "config", None, "Optional: the run's config file (default: rebuilt "
+      "from WORKDIR/config.json); --config.FIELD=VALUE overrides then work.",
+      lock_config=True)
+  flags.DEFINE_list("noise_levels", [str(t) for t in DEFAULT_LEVELS],
+                    "Noise levels t (noising steps).")
+  flags.DEFINE_list("noises", list(DEFAULT_NOISES),
+                    "Noise types: gaussian, simplex.")
+  flags.DEFINE_enum("sampler", None, list(SAMPLERS),
+                    "Reconstruction sampler (default: the config's "
+                    "anomaly.sampler).")
+  flags.DEFINE_multi_string("override", [], "FIELD=VALUE config override, "
+                            "e.g. anomaly.num_steps=50 (repeatable).")
+  flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples.")
+  flags.DEFINE_bool("write_maps", False,
+                    "Also write per-subject NIfTI maps per t.")
+  flags.DEFINE_bool("force", False, "Recompute every (noise, t).")
+  flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  workdir = _WORKDIR.value
-  config = (_CONFIG.value if _CONFIG.value is not None
+  f = flags.FLAGS
+  workdir = f.workdir
+  config = (f.config if f.config is not None
             else common.config_from_workdir(workdir))
-  overrides = [("anomaly.write_maps", _WRITE_MAPS.value)]
-  if _SAMPLER.value:
-    overrides.append(("anomaly.sampler", SAMPLERS[_SAMPLER.value]))
+  overrides = [("anomaly.write_maps", f.write_maps)]
+  if f.sampler:
+    overrides.append(("anomaly.sampler", SAMPLERS[f.sampler]))
   try:
-    common.apply_overrides(config, overrides + list(_OVERRIDE.value))
+    common.apply_overrides(config, overrides + list(f.override))
     common.validate(config)
-    levels = [int(t) for t in _LEVELS.value]
+    levels = [int(t) for t in f.noise_levels]
   except (KeyError, ValueError) as e:
-    sys.exit(str(e))
-  result = run(config, workdir, levels, _NOISES.value,
-               num_resamples=_RESAMPLES.value, force=_FORCE.value,
-               command=common.command_line(sys.argv))
+    sys.exit(f"Config error: {e.args[0] if e.args else e}")
+  result = run(config, workdir, levels, f.noises, num_resamples=f.bootstrap,
+               force=f.force, command=common.command_line(sys.argv))
   print(open(result["outputs"]["markdown"]).read())
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
