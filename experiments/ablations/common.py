@@ -365,9 +365,12 @@ def write_json(path, data):
 
 
 def command_line(argv):
-  """The command that ran a script, for its report."""
+  """The command that ran a script, for its report: `python -m
+  experiments.ablations.<script> ...` (argv[0] is the script's path)."""
   import shlex  # pylint: disable=g-import-not-at-top
-  return " ".join(shlex.quote(a) for a in argv)
+  script = os.path.splitext(os.path.basename(argv[0]))[0]
+  head = ["python", "-m", f"experiments.ablations.{script}"]
+  return " ".join(shlex.quote(a) for a in head + list(argv[1:]))
 
 
 def deep_copy(config):

@@ -222,7 +222,7 @@ def residual_figure(paths, levels, noise, path):
     ax.set_yticks([])
   fig.colorbar(im, ax=axes, shrink=0.6, label="residual")
   fig.suptitle(f"Residual maps, {noise} noise", fontsize=10)
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
 
