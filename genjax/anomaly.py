@@ -44,6 +44,14 @@ negatives separately, `anomaly.histogram_bins` bins on
 equal the exact values for scores quantised to the bins (tests compare them
 with scikit-learn). Padding examples (`valid` False) never count.
 
+Beside metrics.json, DIR/detect/subject_histograms.npz holds each test
+subject's own pixel histograms (`pos`, `neg` [S, bins], rows summing to the
+pooled ones) and the validation `threshold`, so that metrics can be
+recomputed on any resample of subjects (`load_subject_histograms`,
+`pooled_histogram`; the bootstrap of experiments/ablations uses them), and
+DIR/detect/examples.npz the arrays of the figure's slices (image, mask,
+brain, reconstruction, residual [N, H, W, 1], subject, slice).
+
 Per-subject anomaly maps are reassembled from the slices, mapped back from
 the model's image_size grid to the stored slice grid (undoing the pipeline's
 resize-and-pad and the builders' display rotation) and written as NIfTI with
@@ -626,6 +634,7 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
             if opts["write_maps"] else None)
   slice_score, slice_label, clipped = [], [], 0
   subjects = {}  # subject -> [tp, fp, fn, brain pixels, has lesion]
+  subject_hists = {}  # subject -> its own ScoreHistogram
   figure_heap, order = [], 0
 
   for batch, out in scored_batches(config, score_fn, state, split, test_rng,
@@ -644,6 +653,10 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
         k_val if k_val is not None else hist.bins))
     for i in np.nonzero(valid)[0]:
       subject, k = str(batch["subject"][i]), int(batch["slice"][i])
+      if subject not in subject_hists:
+        subject_hists[subject] = new_histogram(opts)
+      subject_hists[subject].update(residual[i][brain[i]],
+                                    lesion[i][brain[i]])
       counts = subjects.setdefault(subject, [0, 0, 0, 0, False])
       for c, v in enumerate(dice_counts(flagged[i], lesion[i])):
         counts[c] += v
@@ -655,6 +668,7 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
         order += 1
         _keep_largest(figure_heap, (int(lesion[i].sum()), -order), {
             "image": batch["image"][i], "mask": batch["mask"][i],
+            "brain": batch["brain"][i],
             "reconstruction": out["reconstruction"][i],
             "residual": out["residual"][i], "subject": subject, "slice": k},
                       opts["num_figure_slices"])
@@ -719,6 +733,11 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
     metrics["figure"] = os.path.relpath(detection_figure(
         rows, shown, os.path.join(out_dir, "examples.png")), out_dir)
     metrics["figure_slices"] = [f"{r['subject']}:{r['slice']}" for r in rows]
+    metrics["examples"] = os.path.relpath(write_examples(
+        os.path.join(out_dir, "examples.npz"), rows), out_dir)
+  metrics["subject_histograms"] = os.path.relpath(write_subject_histograms(
+      os.path.join(out_dir, "subject_histograms.npz"), subject_hists,
+      chosen["threshold"]), out_dir)
   metrics["seconds"] = time.time() - t_start
   metrics["config"] = json.loads(config.to_json_best_effort())
   write_json(os.path.join(out_dir, "metrics.json"), metrics)
@@ -731,6 +750,72 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
 
 
 # --- Writing ------------------------------------------------------------------
+
+
+def write_subject_histograms(path, subject_hists, threshold):
+  """DIR/detect/subject_histograms.npz: each subject's pixel histograms.
+
+  Args:
+    path: the .npz to write.
+    subject_hists: {subject: ScoreHistogram} (all on the same bins).
+    threshold: the validation threshold (None: not chosen; stored as NaN).
+
+  Returns:
+    path. The file holds subjects [S] (str), pos and neg [S, bins] (int64),
+    low, high, bins and threshold; compressed (most bins are empty).
+  """
+  names = sorted(subject_hists)
+  some = subject_hists[names[0]] if names else None
+  bins = some.bins if some else 0
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez_compressed(
+      path, subjects=np.array(names, dtype=str),
+      pos=np.array([subject_hists[n].pos for n in names],
+                   np.int64).reshape(len(names), bins),
+      neg=np.array([subject_hists[n].neg for n in names],
+                   np.int64).reshape(len(names), bins),
+      low=some.low if some else 0.0, high=some.high if some else 1.0,
+      bins=bins, threshold=np.nan if threshold is None else threshold)
+  return path
+
+
+def load_subject_histograms(path):
+  """Reads `write_subject_histograms`' file.
+
+  Returns:
+    dict: subjects (list of str), pos, neg ([S, bins] int64), low, high
+    (floats), threshold (float or None).
+  """
+  with np.load(path) as f:
+    threshold = float(f["threshold"])
+    return {"subjects": [str(s) for s in f["subjects"]],
+            "pos": f["pos"], "neg": f["neg"], "low": float(f["low"]),
+            "high": float(f["high"]),
+            "threshold": None if np.isnan(threshold) else threshold}
+
+
+def pooled_histogram(data, rows=None):
+  """One ScoreHistogram summing the subjects `rows` (default: all) of
+  `load_subject_histograms`' dict; repeated rows count repeatedly."""
+  rows = np.arange(len(data["subjects"])) if rows is None else np.asarray(
+      rows, np.int64)
+  hist = detection.ScoreHistogram(data["low"], data["high"],
+                                  data["pos"].shape[1])
+  hist.pos = data["pos"][rows].sum(axis=0)
+  hist.neg = data["neg"][rows].sum(axis=0)
+  return hist
+
+
+def write_examples(path, rows):
+  """DIR/detect/examples.npz: the figure's slices as arrays (stacked)."""
+  arrays = {k: np.stack([np.asarray(r[k], np.float32) for r in rows])
+            for k in ("image", "mask", "brain", "reconstruction",
+                      "residual")}
+  np.savez_compressed(
+      path, subject=np.array([r["subject"] for r in rows], dtype=str),
+      slice=np.array([r["slice"] for r in rows], np.int64), **arrays)
+  return path
+
 
 
 def _finite(value):

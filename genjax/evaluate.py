@@ -2,7 +2,8 @@ r"""Image quality of a trained method: reconstructions and samples.
 
   python -m experiments.main --config=configs/ddpm.py:cpu --workdir=runs/ddpm_cpu --mode=eval
 
-Writes DIR/eval/metrics.json, DIR/eval/report.md and two figures. For every
+Writes DIR/eval/metrics.json, DIR/eval/report.md, two figures and their
+arrays (DIR/eval/figures.npz, see `write_figure_arrays`). For every
 method, through `reconstruct` and `sample` only:
 
 Reconstruction of HEALTHY slices (label 0) of config.data.eval_split and of
@@ -414,6 +415,9 @@ def evaluate(config, method, state, out_dir, *, mesh=None, command=None):
         viz.stack_vertically(rows))
   metrics["figures"] = {k: os.path.relpath(v, out_dir)
                         for k, v in figures.items()}
+  metrics["figure_arrays"] = os.path.relpath(write_figure_arrays(
+      os.path.join(out_dir, "figures.npz"), fake.kept.items[:n_fig],
+      real.kept.items[:n_fig], pairs), out_dir)
   metrics["seconds"] = time.time() - t_start
   metrics["config"] = json.loads(config.to_json_best_effort())
   anomaly.write_json(os.path.join(out_dir, "metrics.json"), metrics)
@@ -423,6 +427,24 @@ def evaluate(config, method, state, out_dir, *, mesh=None, command=None):
                                         "sharpness_samples",
                                         "sharpness_real")}, out_dir)
   return metrics
+
+
+def write_figure_arrays(path, samples, real, pairs):
+  """DIR/eval/figures.npz: the figures' images as arrays, to combine runs.
+
+  Holds samples, real, inputs and reconstructions, each [N, H, W, 1]
+  float32 in [-1, 1] (N may be 0); `inputs` are the first healthy slices of
+  config.data.eval_split in dataset order, so they are the same slices for
+  every method evaluated on the same data.
+  """
+  def stack(images):
+    images = [np.asarray(x, np.float32) for x in images]
+    return np.stack(images) if images else np.zeros((0, 0, 0, 1), np.float32)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  np.savez_compressed(path, samples=stack(samples), real=stack(real),
+                      inputs=stack([a for a, _ in pairs]),
+                      reconstructions=stack([b for _, b in pairs]))
+  return path
 
 
 # --- Report -------------------------------------------------------------------

@@ -1,0 +1,378 @@
+"""What the ablation scripts share: configs, reuse of outputs, tables, bootstrap.
+
+Every script in experiments/ablations/ trains, evaluates and detects through
+genjax's own functions (`train.train_and_evaluate`, `evaluate.evaluate`,
+`anomaly.detect`); this module only decides what to rebuild and what to reuse,
+and writes the tables.
+
+Config overrides are `FIELD=VALUE` strings (`anomaly.num_steps=50`,
+`data.data_dir=/tmp/tfds`, `model.channel_mult=(1,2,4)`): VALUE is read as a
+Python literal when it is one (numbers, tuples, True/None), else as a string.
+A field that does not exist is an error naming it, as on experiments.main's
+command line.
+"""
+
+import ast
+import copy
+import csv
+import difflib
+import importlib
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from genjax import anomaly
+from genjax import config as config_lib
+from genjax import evaluate
+from genjax import methods
+from genjax import train
+
+# Config fields that do not change what eval/detect compute from a checkpoint:
+# where the data lives and how it is fed, and the training run (its length is
+# captured by the checkpoint's step; a workdir holds one training config).
+IGNORED_FIELDS = ("data.data_dir", "data.manual_dir", "data.prefetch",
+                  "data.cache", "train.")
+
+# --- Configs -----------------------------------------------------------------
+
+
+def method_config(method, variant="", overrides=()):
+  """configs/<method>.py:<variant> with `overrides` applied and validated."""
+  module = importlib.import_module(f"configs.{method}")
+  config = module.get_config(variant or None)
+  apply_overrides(config, overrides)
+  validate(config)
+  return config
+
+
+def parse_override(text):
+  """'a.b=value' -> ('a.b', value); value a Python literal or a string."""
+  key, sep, raw = str(text).partition("=")
+  key = key.strip()
+  if key.startswith("config."):
+    key = key[len("config."):]
+  if not sep or not key:
+    raise ValueError(f"Override {text!r}: write FIELD=VALUE, e.g. "
+                     "anomaly.noise_level=100.")
+  try:
+    value = ast.literal_eval(raw.strip())
+  except (ValueError, SyntaxError):
+    value = raw.strip()
+  return key, value
+
+
+def _fields(config, prefix=""):
+  """Every leaf field of a ConfigDict as 'a.b.c'."""
+  out = []
+  for key in config.keys():
+    value = config[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _fields(value, f"{prefix}{key}.")
+    else:
+      out.append(f"{prefix}{key}")
+  return out
+
+
+def set_field(config, key, value):
+  """Sets config field 'a.b.c' (which must exist), with its type checks."""
+  fields = _fields(config)
+  if key not in fields:
+    close = difflib.get_close_matches(key, fields, n=1)
+    hint = f' Did you mean "{close[0]}"?' if close else ""
+    raise KeyError(f"No field {key!r} in the {config.get('method', '')} "
+                   f"config.{hint}")
+  if isinstance(value, list):
+    value = tuple(value)  # JSON and literals give lists; configs hold tuples.
+  try:
+    config.update_from_flattened_dict({key: value})
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.{key}={value!r}: {e}") from None
+
+
+def apply_overrides(config, overrides):
+  """Applies 'FIELD=VALUE' strings (or (field, value) pairs) in order."""
+  for item in overrides or ():
+    key, value = (parse_override(item) if isinstance(item, str) else item)
+    set_field(config, key, value)
+  return config
+
+
+def validate(config):
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise ValueError(str(e)) from None
+  return config
+
+
+def config_from_workdir(workdir):
+  """The config of the run in `workdir`, rebuilt from its config.json.
+
+  `train.check_workdir_config` saved the whole config as JSON (tuples as
+  lists, placeholders as null). This starts from the method's own
+  `configs/<method>.py:<variant>` (so field references and types are the
+  config file's) and sets every field whose saved value differs. A saved
+  field the current config no longer has is logged and skipped; a field
+  added to genjax since keeps its default (as when resuming training).
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} does not exist: {workdir} is not a genjax run (train it "
+        "with experiments.main first), or pass --config.")
+  with open(path) as f:
+    saved = json.load(f)
+  if not saved.get("method"):
+    raise ValueError(f"{path} has no 'method': not a genjax config.")
+  config = method_config(saved["method"], saved.get("variant", ""))
+  default = train.flatten_config(json.loads(config.to_json_best_effort()))
+  for key, value in train.flatten_config(saved).items():
+    if key not in default:
+      logging.warning("%s: field %r is not in the current %s config; "
+                      "ignored.", path, key, saved["method"])
+    elif value != default[key]:
+      set_field(config, key, value)
+  return config
+
+
+def flat(config):
+  """A config (ConfigDict or its JSON dict) as {'a.b': value}."""
+  if isinstance(config, ml_collections.ConfigDict):
+    config = json.loads(config.to_json_best_effort())
+  return train.flatten_config(config)
+
+
+def relevant(config, ignored=IGNORED_FIELDS):
+  """flat(config) without the `ignored` fields (prefixes end with '.')."""
+  skip = lambda k: any(k == f or (f.endswith(".") and k.startswith(f))
+                       for f in ignored)
+  return {k: v for k, v in flat(config).items() if not skip(k)}
+
+
+def config_differences(saved, config, ignored=IGNORED_FIELDS):
+  """Fields (other than `ignored` ones) where `saved` and `config` differ."""
+  a, b = relevant(saved, ignored), relevant(config, ignored)
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+# --- Train, eval and detect, reusing what exists ---------------------------------
+
+
+def train_or_resume(config, workdir):
+  """(method, state) after `config.train.num_steps` steps in `workdir`.
+
+  `train.train_and_evaluate` resumes from the latest checkpoint, so a
+  finished run is only restored, and an interrupted one continues.
+  """
+  state = train.train_and_evaluate(config, workdir)
+  return methods.get(config), state
+
+
+def checkpoint_step(config, workdir):
+  """The latest checkpoint's step in `workdir` (None: no checkpoint)."""
+  return train.checkpoint_manager(config, workdir).latest_step()
+
+
+def reusable(path, config, step, files=()):
+  """Whether out_dir/metrics.json at `path` was made from this config/step.
+
+  Args:
+    path: a metrics.json written by evaluate or detect.
+    config: the config it should have been made with.
+    step: the checkpoint step it should come from.
+    files: other files (relative to its folder) that must exist too.
+
+  Returns:
+    (True, metrics) or (False, the reason).
+  """
+  if not os.path.exists(path):
+    return False, "no outputs yet"
+  with open(path) as f:
+    metrics = json.load(f)
+  if metrics.get("step") != step:
+    return False, f"made at step {metrics.get('step')}, checkpoint is {step}"
+  diff = config_differences(metrics.get("config", {}), config)
+  if diff:
+    return False, "config differs in " + ", ".join(diff[:5])
+  missing = [f for f in files
+             if not os.path.exists(os.path.join(os.path.dirname(path), f))]
+  if missing:
+    return False, "missing " + ", ".join(missing)
+  return True, metrics
+
+
+def run_or_reuse(kind, config, method, state, out_dir, *, force=False,
+                 command=None, log=None):
+  """evaluate.evaluate / anomaly.detect into out_dir, or their saved output.
+
+  Args:
+    kind: 'eval' or 'detect'.
+    config, method, state: as for evaluate/detect.
+    out_dir: their output folder.
+    force: recompute even if reusable outputs exist.
+    command: the command line for their report.md.
+    log: an optional list; (kind, out_dir) is appended when computed.
+
+  Returns:
+    The metrics dict.
+  """
+  files = {"eval": ("figures.npz",),
+           "detect": ("subject_histograms.npz",)}[kind]
+  step = int(jax.device_get(state.step))
+  ok, found = reusable(os.path.join(out_dir, "metrics.json"), config, step,
+                       files)
+  if ok and not force:
+    logging.info("Reusing %s (step %d).", out_dir, step)
+    return found
+  logging.info("Running %s into %s (%s).", kind, out_dir,
+               "--force" if ok else found)
+  fn = evaluate.evaluate if kind == "eval" else anomaly.detect
+  metrics = fn(config, method, state, out_dir, command=command)
+  if log is not None:
+    log.append((kind, out_dir))
+  return metrics
+
+
+# --- Bootstrap over subjects --------------------------------------------------
+
+
+def histogram_metrics(hist, threshold):
+  """The detector's pixel metrics of one ScoreHistogram (None: undefined)."""
+  defined = anomaly._defined  # pylint: disable=protected-access
+  return {
+      "auroc": defined(hist.auroc),
+      "auprc": defined(hist.auprc),
+      "dice_at_threshold": (hist.dice_at(threshold)
+                            if threshold is not None and hist.num_pos
+                            else None),
+      "dice_best": hist.best_dice()[0] if hist.num_pos else None,
+  }
+
+
+def bootstrap_subjects(data, num_resamples=1000, seed=0, level=0.95,
+                       resamples=None):
+  """Percentile bootstrap of the pixel metrics over test subjects.
+
+  Subjects (with their every pixel) are drawn with replacement, as many as
+  there are; each resample's metrics are recomputed from the sum of the
+  drawn subjects' histograms, so pixels of one subject stay together (they
+  are not independent). A resample without lesion pixels has no AUPRC or
+  Dice and is left out of that metric's interval (`n_valid` counts the
+  rest).
+
+  Args:
+    data: `anomaly.load_subject_histograms`' dict.
+    num_resamples: bootstrap resamples.
+    seed: numpy seed of the draws.
+    level: the central interval's coverage.
+    resamples: optional [R, S] subject indices to use instead of random
+      draws (for tests).
+
+  Returns:
+    {metric: {"value": full-data value, "lo", "hi", "n_valid"}}; "value"
+    equals the detector's metrics.json (same histograms, same functions).
+  """
+  n = len(data["subjects"])
+  if resamples is None:
+    resamples = np.random.default_rng(seed).integers(
+        0, n, size=(num_resamples, n))
+  resamples = np.asarray(resamples, np.int64)
+  point = histogram_metrics(anomaly.pooled_histogram(data),
+                            data["threshold"])
+  values = {k: [] for k in point}
+  for rows in resamples:
+    for k, v in histogram_metrics(anomaly.pooled_histogram(data, rows),
+                                  data["threshold"]).items():
+      if v is not None:
+        values[k].append(v)
+  tail = 100 * (1 - level) / 2
+  out = {}
+  for k, v in point.items():
+    draws = np.asarray(values[k], np.float64)
+    lo, hi = ((float(np.percentile(draws, tail)),
+               float(np.percentile(draws, 100 - tail))) if len(draws)
+              else (None, None))
+    out[k] = {"value": v, "lo": lo, "hi": hi, "n_valid": int(len(draws))}
+  return out
+
+
+# --- Tables -------------------------------------------------------------------
+
+
+def fmt(value, digits=4):
+  """A table cell: numbers to `digits` decimals, None as 'n/a'."""
+  if value is None:
+    return "n/a"
+  if isinstance(value, (float, np.floating)):
+    return f"{float(value):.{digits}f}"
+  return str(value)
+
+
+def write_csv(path, rows, columns):
+  """rows: dicts; columns: their keys in order. Floats written in full."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for row in rows:
+      writer.writerow(["" if row.get(c) is None else
+                       repr(float(row[c])) if isinstance(
+                           row[c], (float, np.floating)) else row[c]
+                       for c in columns])
+  return path
+
+
+def read_csv(path):
+  """write_csv's file as a list of dicts of strings."""
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def markdown_table(rows, columns, headers=None, digits=4):
+  """A GitHub markdown table of rows (dicts) in `columns` order."""
+  headers = headers or columns
+  lines = ["| " + " | ".join(headers) + " |",
+           "|" + "---|" * len(columns)]
+  for row in rows:
+    lines.append("| " + " | ".join(
+        row[c] if isinstance(row.get(c), str) else fmt(row.get(c), digits)
+        for c in columns) + " |")
+  return "\n".join(lines)
+
+
+def with_interval(value, lo, hi, digits=3):
+  """'0.512 [0.430, 0.601]' (the bootstrap interval in brackets)."""
+  if value is None:
+    return "n/a"
+  if lo is None:
+    return fmt(value, digits)
+  return f"{fmt(value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def write_text(path, text):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text if text.endswith("\n") else text + "\n")
+  return path
+
+
+def write_json(path, data):
+  return anomaly.write_json(path, data)
+
+
+def command_line(argv):
+  """The command that ran a script, for its report: `python -m
+  experiments.ablations.<script> ...` (argv[0] is the script's path)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  script = os.path.splitext(os.path.basename(argv[0]))[0]
+  head = ["python", "-m", f"experiments.ablations.{script}"]
+  return " ".join(shlex.quote(a) for a in head + list(argv[1:]))
+
+
+def deep_copy(config):
+  """An independent copy of a config (overrides on it leave the original)."""
+  return copy.deepcopy(config)
