@@ -108,6 +108,16 @@ def get_base_config(variant=""):
   train.keep_checkpoints = 3
   # Drop (and count) an update with NaN/inf instead of stopping the run.
   train.skip_nonfinite = False
+  # Activations' dtype: 'float32' or 'bfloat16' (mixed precision: parameters,
+  # optimiser state, GroupNorm statistics, losses and network outputs stay
+  # float32). bfloat16 halves activation memory and uses the bfloat16 matrix
+  # units of TPUs and recent GPUs.
+  train.compute_dtype = "float32"
+  # Gradient accumulation: each update averages the gradients of this many
+  # micro-batches of batch_size / grad_accum_steps examples, run one after
+  # another, so a large batch fits a small device. batch_size stays the global
+  # batch of one update; it must divide by grad_accum_steps x devices.
+  train.grad_accum_steps = 1
   train.sample_every = {"smoke": 4, "cpu": 1000, "": 10_000}[variant]
   train.num_samples = {"smoke": 4, "cpu": 16, "": 64}[variant]
 

@@ -9,6 +9,10 @@ of data building or deep inside XLA.
 import re
 
 DATASETS = ("brain_phantom", "nifti_folder", "slice_folder")
+# config.train.compute_dtype: the dtype of activations. Parameters, optimiser
+# state, normalisation statistics, losses and network outputs stay float32.
+# float16 is not offered: its narrow range needs loss scaling, bfloat16 not.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -26,6 +30,16 @@ def describe_override_error(error, argv):
   what = f"no field {field.group(1)!r}" if field else message
   return (f"{what} in the config ({message}). Overrides given: "
           f"{' '.join(overrides) or 'none'}. Fields are listed in configs/.")
+
+
+def compute_dtype(config):
+  """The activation dtype named by config.train.compute_dtype (a jnp dtype)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  name = config.train.compute_dtype
+  if name not in COMPUTE_DTYPES:
+    raise ConfigError(f"config.train.compute_dtype={name!r}: use one of "
+                      f"{', '.join(COMPUTE_DTYPES)}.")
+  return jnp.dtype(name)
 
 
 def _check(condition, field, message):
@@ -102,6 +116,17 @@ def validate_train(train):
            f"must be an integer >= 1, got {value!r}.")
   _check(isinstance(train.skip_nonfinite, bool), "train.skip_nonfinite",
          "must be True or False.")
+  _check(train.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype",
+         f"{train.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)} "
+         "(float16 would need loss scaling; bfloat16 has float32's range).")
+  k = train.grad_accum_steps
+  _check(isinstance(k, int) and k >= 1, "train.grad_accum_steps",
+         f"must be an integer >= 1, got {k!r}.")
+  _check(train.batch_size % k == 0, "train.grad_accum_steps",
+         f"config.train.batch_size={train.batch_size} (the global batch of "
+         f"one update) must be divisible by grad_accum_steps={k}: each update "
+         f"averages the gradients of {k} equal micro-batches. Use a batch "
+         f"size that is a multiple of {k}.")
 
 
 def validate_eval(config):
