@@ -10,6 +10,15 @@ ml_collections `path.py:arg` convention:
 
 Every field can be overridden on the command line, e.g.
 `--config.data.image_size=128`; a field that does not exist is rejected.
+
+Scale switches shared by every method (README, "Running at scale"):
+
+  --config.train.compute_dtype=bfloat16   bfloat16 activations; parameters,
+                                          optimiser state and losses float32
+  --config.train.grad_accum_steps=4       each update averages 4 micro-batches
+                                          of train.batch_size / 4 (batch_size
+                                          stays the global batch per update
+                                          and must divide by 4 x devices)
 """
 
 import os

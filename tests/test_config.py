@@ -50,6 +50,9 @@ def test_unknown_variant_is_rejected():
     ("augment.crop_scale", (0.5, 1.5), "augment.crop_scale"),
     ("train.batch_size", 0, "train.batch_size"),
     ("train.num_steps", -1, "train.num_steps"),
+    ("train.compute_dtype", "float16", "train.compute_dtype"),
+    ("train.grad_accum_steps", 0, "train.grad_accum_steps"),
+    ("train.grad_accum_steps", 3, "divisible by grad_accum_steps=3"),
     ("data.image_size", 33, "not divisible by 2"),  # :smoke UNet: 2 levels.
     ("anomaly.noise_level", 0, "config.anomaly.noise_level"),
     ("anomaly.noise_level", 1001, "config.anomaly.noise_level"),
