@@ -10,6 +10,15 @@ ml_collections `path.py:arg` convention:
 
 Every field can be overridden on the command line, e.g.
 `--config.data.image_size=128`; a field that does not exist is rejected.
+
+Scale switches shared by every method (README, "Running at scale"):
+
+  --config.train.compute_dtype=bfloat16   bfloat16 activations; parameters,
+                                          optimiser state and losses float32
+  --config.train.grad_accum_steps=4       each update averages 4 micro-batches
+                                          of train.batch_size / 4 (batch_size
+                                          stays the global batch per update
+                                          and must divide by 4 x devices)
 """
 
 import os
@@ -108,6 +117,16 @@ def get_base_config(variant=""):
   train.keep_checkpoints = 3
   # Drop (and count) an update with NaN/inf instead of stopping the run.
   train.skip_nonfinite = False
+  # Activations' dtype: 'float32' or 'bfloat16' (mixed precision: parameters,
+  # optimiser state, GroupNorm statistics, losses and network outputs stay
+  # float32). bfloat16 halves activation memory and uses the bfloat16 matrix
+  # units of TPUs and recent GPUs.
+  train.compute_dtype = "float32"
+  # Gradient accumulation: each update averages the gradients of this many
+  # micro-batches of batch_size / grad_accum_steps examples, run one after
+  # another, so a large batch fits a small device. batch_size stays the global
+  # batch of one update; it must divide by grad_accum_steps x devices.
+  train.grad_accum_steps = 1
   train.sample_every = {"smoke": 4, "cpu": 1000, "": 10_000}[variant]
   train.num_samples = {"smoke": 4, "cpu": 16, "": 64}[variant]
 

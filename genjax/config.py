@@ -10,6 +10,10 @@ import math
 import re
 
 DATASETS = ("brain_phantom", "nifti_folder", "slice_folder")
+# config.train.compute_dtype: the dtype of activations. Parameters, optimiser
+# state, normalisation statistics, losses and network outputs stay float32.
+# float16 is not offered: its narrow range needs loss scaling, bfloat16 not.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -27,6 +31,16 @@ def describe_override_error(error, argv):
   what = f"no field {field.group(1)!r}" if field else message
   return (f"{what} in the config ({message}). Overrides given: "
           f"{' '.join(overrides) or 'none'}. Fields are listed in configs/.")
+
+
+def compute_dtype(config):
+  """The activation dtype named by config.train.compute_dtype (a jnp dtype)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  name = config.train.compute_dtype
+  if name not in COMPUTE_DTYPES:
+    raise ConfigError(f"config.train.compute_dtype={name!r}: use one of "
+                      f"{', '.join(COMPUTE_DTYPES)}.")
+  return jnp.dtype(name)
 
 
 def _check(condition, field, message):
@@ -107,6 +121,17 @@ def validate_train(train):
            f"must be an integer >= 1, got {value!r}.")
   _check(isinstance(train.skip_nonfinite, bool), "train.skip_nonfinite",
          "must be True or False.")
+  _check(train.compute_dtype in COMPUTE_DTYPES, "train.compute_dtype",
+         f"{train.compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)} "
+         "(float16 would need loss scaling; bfloat16 has float32's range).")
+  k = train.grad_accum_steps
+  _check(isinstance(k, int) and k >= 1, "train.grad_accum_steps",
+         f"must be an integer >= 1, got {k!r}.")
+  _check(train.batch_size % k == 0, "train.grad_accum_steps",
+         f"config.train.batch_size={train.batch_size} (the global batch of "
+         f"one update) must be divisible by grad_accum_steps={k}: each update "
+         f"averages the gradients of {k} equal micro-batches. Use a batch "
+         f"size that is a multiple of {k}.")
 
 
 def validate_devices(config):
@@ -116,12 +141,14 @@ def validate_devices(config):
   on all devices learns it here, before any data is built or code compiled.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  n_dev, n_proc = jax.device_count(), jax.process_count()
-  b = config.train.batch_size
-  _check(b % n_dev == 0 and b % n_proc == 0, "train.batch_size",
-         f"{b} is not divisible by the number of devices ({n_dev}) and hosts "
-         f"({n_proc}) this job runs on; use a multiple of "
-         f"{n_dev * n_proc // math.gcd(n_dev, n_proc)}.")
+  from genjax import parallel  # pylint: disable=g-import-not-at-top
+  try:
+    parallel.check_batch_size(config.train.batch_size, parallel.make_mesh(),
+                              config.train.grad_accum_steps)
+  except ValueError as e:
+    raise ConfigError(f"{e} This job runs on {jax.device_count()} "
+                      "device(s).") from None
+  n_dev = jax.device_count()
   b = config.eval.batch_size
   _check(b % n_dev == 0, "eval.batch_size",
          f"{b} is not divisible by the number of devices ({n_dev}); use a "

@@ -28,14 +28,20 @@ def batch_sharding(mesh):
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_size(global_batch_size, mesh):
-  """The global batch must split evenly over devices and hosts."""
-  n_dev, n_proc = mesh.devices.size, jax.process_count()
-  if global_batch_size % n_dev or global_batch_size % n_proc:
+def check_batch_size(global_batch_size, mesh, grad_accum_steps=1):
+  """The global batch must split evenly over devices, hosts and micro-batches.
+
+  With gradient accumulation every device's share of the batch is split into
+  `grad_accum_steps` micro-batches (genjax.optim.micro_batches), so the batch
+  must divide by grad_accum_steps x devices.
+  """
+  n_dev, n_proc, k = mesh.devices.size, jax.process_count(), grad_accum_steps
+  if global_batch_size % (n_dev * k) or global_batch_size % n_proc:
+    accum = (f" times config.train.grad_accum_steps ({k})" if k > 1 else "")
     raise ValueError(
         f"config.train.batch_size={global_batch_size} must be divisible by the "
-        f"number of devices ({n_dev}) and hosts ({n_proc}); choose a multiple "
-        f"of {np.lcm(n_dev, n_proc)}.")
+        f"number of devices ({n_dev}){accum} and hosts ({n_proc}); choose a "
+        f"multiple of {np.lcm(n_dev * k, n_proc)}.")
 
 
 def to_global(local_batch, mesh):

@@ -39,9 +39,13 @@ from genjax.data import smote
 
 # Fields that may differ when a run is resumed (they do not change what is
 # trained); anything else differing means the workdir belongs to another run.
+# compute_dtype and grad_accum_steps change how an update is computed, not
+# which one (same parameters, same global batch), so a run can move to other
+# hardware.
 RESUMABLE_FIELDS = (
     "train.num_steps", "train.log_every", "train.ckpt_every",
     "train.sample_every", "train.num_samples", "train.keep_checkpoints",
+    "train.compute_dtype", "train.grad_accum_steps",
     "data.data_dir", "data.manual_dir", "data.prefetch", "data.cache",
     "sample.", "anomaly.", "eval.",
 )
@@ -345,7 +349,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_workdir_config(config, workdir)
   method = methods.get(config)
   mesh = parallel.make_mesh(devices)
-  parallel.check_batch_size(config.train.batch_size, mesh)
+  parallel.check_batch_size(config.train.batch_size, mesh,
+                             config.train.grad_accum_steps)
   step_rng, sample_rng = jax.random.split(jax.random.key(config.seed))
   # Initialisation draws one random tensor per parameter; XLA on CPU compiles
   # threefry draws slowly (17 s vs 3 s for a small UNet), so init uses 'rbg'.

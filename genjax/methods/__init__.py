@@ -13,6 +13,24 @@ evaluator and one anomaly detector serve them all.
 `batch` is a dict of arrays: image [B, H, W, 1] in [-1, 1], mask, brain
 [B, H, W, 1] in {0, 1}, label [B]. `state` must carry an integer `step`.
 A new method is one module and one config; add its name below.
+
+Two settings of config.train every method honours, so that the loop stays
+generic:
+
+  compute_dtype     the dtype of the networks' activations ('float32' or
+                    'bfloat16', `genjax.config.compute_dtype`): pass it as the
+                    Flax modules' `dtype`; parameters and optimiser state stay
+                    float32, network outputs are cast to float32 before losses.
+  grad_accum_steps  k: `train_step` gets the whole global batch and makes ONE
+                    update from it, computing its gradients with
+                    `genjax.optim.accumulate_gradients` (the mean over k
+                    micro-batches, run one after another), then applying its
+                    optimiser(s) and EMA once. `step`, schedules and EMA thus
+                    count updates, never micro-batches. (A wrapper in the loop
+                    around `train_step`, e.g. optax.MultiSteps, cannot do this
+                    without knowing each method's state: it would advance
+                    `step` and the EMA k times per update and, for the GAN,
+                    compute G's gradients against a D not yet updated.)
 """
 
 import importlib

@@ -6,6 +6,7 @@ flow ODE) on the EMA parameters; `reconstruct` is AnoDDPM's pseudo-healthy
 reconstruction: noise an image to `config.anomaly.noise_level` and denoise it.
 """
 
+import functools
 from typing import Any
 
 import flax
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from genjax import config as genjax_config
 from genjax import optim
 from genjax.diffusion import losses
 from genjax.diffusion import samplers
@@ -44,7 +46,8 @@ def make_model(config):
       num_res_blocks=m.num_res_blocks,
       attention_resolutions=tuple(m.attention_resolutions),
       num_heads=m.num_heads, head_channels=m.head_channels, dropout=m.dropout,
-      num_groups=m.num_groups, out_channels=1)
+      num_groups=m.num_groups, out_channels=1,
+      dtype=genjax_config.compute_dtype(config))
 
 
 def make_schedule(config):
@@ -115,6 +118,7 @@ def make(config):
   tx = optim.make_optimizer(config.optim)
   prediction = config.diffusion.prediction
   ema_decay = config.diffusion.ema_decay
+  accum_steps = config.train.grad_accum_steps
 
   def model_fn(params):
     return lambda x, t: model.apply({"params": params}, x, t, train=False)
@@ -126,7 +130,7 @@ def make(config):
     return State(step=jnp.zeros((), jnp.int32), params=params,
                  ema_params=params, opt_state=tx.init(params))
 
-  def train_step(state, batch, rng):
+  def grad_fn(params, batch, rng):
     loss_rng, dropout_rng = jax.random.split(rng)
 
     def loss_fn(params):
@@ -137,7 +141,11 @@ def make(config):
           weighting=config.diffusion.weighting)
       return jnp.mean(per_example)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return jax.value_and_grad(loss_fn)(params), ()
+
+  def train_step(state, batch, rng):
+    (loss, grads), _ = optim.accumulate_gradients(
+        functools.partial(grad_fn, state.params), batch, rng, accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = State(

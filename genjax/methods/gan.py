@@ -35,6 +35,14 @@ and is handed to genjax.anomaly as the Method's optional `anomaly_score` hook
 (its 'slice' score) when `config.anomaly.fanogan_score` is True; pixel maps
 stay the detector's |x - recon|.
 
+Gradient accumulation (`train.grad_accum_steps` = k) is exact here too: each
+of the n_critic D updates averages D's gradients over the k micro-batches of
+the real batch (fresh fakes for each) before D's optimiser steps once, and the
+G (or E) update then averages its gradients over the k micro-batches against
+that updated D, so the D/G alternation is the one of k = 1. The spectral-norm
+power iteration depends only on D's kernels, so every micro-batch computes the
+same new statistics.
+
 Mode collapse shows up in `diversity(config, state, rng, real_images)`:
 mean pairwise MS-SSIM of samples vs. of real slices (higher = less diverse).
 """
@@ -46,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from genjax import config as genjax_config
 from genjax import optim
 from genjax.methods import Method
 from genjax.nn import gan as gan_nn
@@ -166,11 +175,13 @@ def make_networks(config):
   """(generator, discriminator, encoder) Linen modules from the config."""
   m, size = config.model, config.data.image_size
   gan_nn.num_levels(size)  # Fails early, naming the field, on a bad size.
+  dtype = genjax_config.compute_dtype(config)
   generator = gan_nn.Generator(size, m.g_channels, m.max_channels, m.arch,
-                               m.g_norm, m.num_groups)
+                               m.g_norm, m.num_groups, dtype)
   discriminator = gan_nn.Discriminator(size, m.d_channels, m.max_channels,
-                                       m.arch, m.spectral_norm)
-  encoder = gan_nn.Encoder(size, m.z_dim, m.e_channels, m.max_channels, m.arch)
+                                       m.arch, m.spectral_norm, dtype)
+  encoder = gan_nn.Encoder(size, m.z_dim, m.e_channels, m.max_channels, m.arch,
+                           dtype)
   return generator, discriminator, encoder
 
 
@@ -222,6 +233,7 @@ def make(config):
   e_tx = optim.make_optimizer(config.optim_e)
   gc = config.gan
   z_dim = config.model.z_dim
+  accum_steps = config.train.grad_accum_steps
 
   def generate(g_params, z):
     return generator.apply({"params": g_params}, z)
@@ -249,8 +261,8 @@ def make(config):
         d_opt_state=d_tx.init(d_vars["params"]),
         e_opt_state=e_tx.init(e_params))
 
-  def d_update(g_params, d_params, d_stats, d_opt_state, real, rng):
-    """One discriminator update on `real` and fresh fakes."""
+  def d_grads(g_params, d_params, d_stats, real, rng):
+    """D's gradients on `real` and as many fresh fakes (one micro-batch)."""
     z_rng, gp_rng = jax.random.split(rng)
     b = real.shape[0]
     fake = generate(g_params, jax.random.normal(z_rng, (b, z_dim)))
@@ -275,6 +287,15 @@ def make(config):
 
     (_, (new_stats, metrics)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(d_params)
+    # The power iteration depends on the kernels only, not on the data: every
+    # micro-batch computes the same new statistics.
+    return (grads, metrics), new_stats
+
+  def d_update(g_params, d_params, d_stats, d_opt_state, real, rng):
+    """One discriminator update on `real` and fresh fakes."""
+    (grads, metrics), new_stats = optim.accumulate_gradients(
+        lambda b, r: d_grads(g_params, d_params, d_stats, b, r), real, rng,
+        accum_steps)
     updates, d_opt_state = d_tx.update(grads, d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
     metrics["d_grad_norm"] = optax.global_norm(grads)
@@ -308,23 +329,30 @@ def make(config):
     # 2. Phase 0: a generator update against the updated D (its power
     # iteration is not advanced: a G step changes nothing of D). Phase 1:
     # an encoder update of izi_f against the frozen G_ema and D.
-    z = jax.random.normal(z_rng, (real.shape[0], z_dim))
-    real_features = discriminate(d_params, d_stats, real)[1]
+    def ge_grads(real, z_rng):
+      z = jax.random.normal(z_rng, (real.shape[0], z_dim))
+      real_features = discriminate(d_params, d_stats, real)[1]
 
-    def loss_fn(g_params, e_params):
-      latent = jnp.where(in_gan, z, encode(e_params, real))
-      images = generate(_select(in_gan, g_params, state.g_ema_params), latent)
-      logits, features = discriminate(d_params, d_stats, images)
-      image_res = jnp.mean((real - images)**2)
-      feature_res = jnp.mean((real_features - features)**2)
-      aux = {"g_loss": g_loss_fn(gc.loss, logits),
-             "e_loss": image_res + gc.kappa * feature_res,
-             "e_image_residual": image_res,
-             "e_feature_residual": feature_res}
-      return jnp.where(in_gan, aux["g_loss"], aux["e_loss"]), aux
+      def loss_fn(g_params, e_params):
+        latent = jnp.where(in_gan, z, encode(e_params, real))
+        images = generate(_select(in_gan, g_params, state.g_ema_params),
+                          latent)
+        logits, features = discriminate(d_params, d_stats, images)
+        image_res = jnp.mean((real - images)**2)
+        feature_res = jnp.mean((real_features - features)**2)
+        aux = {"g_loss": g_loss_fn(gc.loss, logits),
+               "e_loss": image_res + gc.kappa * feature_res,
+               "e_image_residual": image_res,
+               "e_feature_residual": feature_res}
+        return jnp.where(in_gan, aux["g_loss"], aux["e_loss"]), aux
 
-    (_, aux), (g_grads, e_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(state.g_params, state.e_params)
+      (_, aux), grads = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(state.g_params,
+                                                 state.e_params)
+      return (aux, grads), ()
+
+    (aux, (g_grads, e_grads)), _ = optim.accumulate_gradients(
+        ge_grads, real, z_rng, accum_steps)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state,
                                          state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)

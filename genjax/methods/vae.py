@@ -32,7 +32,10 @@ blur and healthy bias as switches (config.vae):
 
 The SSIM and perceptual terms are scaled by the pixel count H*W so that they
 are per-image sums like `recon`, and a weight means the same at 32 and 128 px.
-All terms are per-image, averaged over the batch. `sample` decodes z ~ N(0,
+All terms are per-image, averaged over the batch (with gradient accumulation,
+config.train.grad_accum_steps, over each micro-batch and then over the
+micro-batches: the same mean, except that the 'optimal' σ is then the
+micro-batch's). `sample` decodes z ~ N(0,
 temperature² I) to the mean of p(x|z); `reconstruct` decodes the posterior
 mean (deterministic, for anomaly detection). Both are clipped to [-1, 1].
 """
@@ -45,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from genjax import config as genjax_config
 from genjax import optim
 from genjax.config import ConfigError
 from genjax.methods import Method
@@ -225,7 +229,8 @@ def make_model(config):
                     image_size=config.data.image_size, latent=m.latent,
                     latent_dim=m.latent_dim,
                     blocks_per_level=m.blocks_per_level,
-                    num_groups=m.num_groups)
+                    num_groups=m.num_groups,
+                    dtype=genjax_config.compute_dtype(config))
 
 
 def check_config(config):
@@ -336,6 +341,7 @@ def make(config):
                                 tuple(config.model.channels),
                                 config.model.latent, config.model.latent_dim)
   temperature = config.sample.temperature
+  accum_steps = config.train.grad_accum_steps
 
   def init(rng, batch):
     model_rng, z_rng = jax.random.split(rng)
@@ -346,9 +352,14 @@ def make(config):
     return State(step=jnp.zeros((), jnp.int32), params=params,
                  opt_state=tx.init(params))
 
+  def grad_fn(batch, rng, params, step):
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng,
+                                                     step), ()
+
   def train_step(state, batch, rng):
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, rng, state.step)
+    ((loss, terms), grads), _ = optim.accumulate_gradients(
+        lambda b, r: grad_fn(b, r, state.params, state.step), batch, rng,
+        accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),

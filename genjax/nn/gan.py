@@ -22,15 +22,22 @@ conv/dense kernel in `flax.linen.SpectralNorm`, whose power-iteration state
 (`u`, `sigma`) lives in the 'batch_stats' collection: pass
 `update_stats=True, mutable=['batch_stats']` in the discriminator's training
 step, and `update_stats=False` everywhere else.
+
+`dtype` is the compute dtype (jnp.bfloat16 for mixed precision): parameters
+and the spectral-norm statistics stay float32 (the power iteration runs on the
+float32 kernels), GroupNorm computes its statistics in float32, and images,
+logits, features and latent codes are returned in float32.
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+Dtype = Any
 
 ARCHS = ("dcgan", "resnet")
 
@@ -60,12 +67,12 @@ def _check_arch(arch):
                      f"{', '.join(ARCHS)}.")
 
 
-def _conv(features, kernel, stride=1, name=None):
+def _conv(features, kernel, stride=1, name=None, dtype=jnp.float32):
   # Symmetric explicit padding: 'SAME' pads stride-2 convs (0, 1) on even
   # sizes, shifting the grid by half a pixel at every level.
   pad = (kernel - stride + 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), name=name)
+                 padding=((pad, pad), (pad, pad)), dtype=dtype, name=name)
 
 
 def _upsample(x: Array) -> Array:
@@ -78,9 +85,10 @@ def _downsample(x: Array) -> Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
-def _group_norm(num_groups, channels, name=None):
+def _group_norm(num_groups, channels, name=None, dtype=jnp.float32):
   # gcd: any channel count works, whatever num_groups the config asks for.
-  return nn.GroupNorm(num_groups=math.gcd(num_groups, channels), name=name)
+  return nn.GroupNorm(num_groups=math.gcd(num_groups, channels), dtype=dtype,
+                      name=name)
 
 
 class Generator(nn.Module):
@@ -95,6 +103,7 @@ class Generator(nn.Module):
       than the classic BatchNorm: it keeps the generator a pure function of
       (params, z), so the EMA generator needs no running statistics.
     num_groups: GroupNorm groups (reduced to a divisor of the channels).
+    dtype: compute dtype; images are returned in float32.
   """
   image_size: int
   base_channels: int = 32
@@ -102,6 +111,7 @@ class Generator(nn.Module):
   arch: str = "dcgan"
   norm: str = "group"
   num_groups: int = 8
+  dtype: Dtype = jnp.float32
 
   def _norm(self, x, name):
     if self.norm == "none":
@@ -109,7 +119,7 @@ class Generator(nn.Module):
     if self.norm != "group":
       raise ValueError(f"config.model.g_norm={self.norm!r}: use 'group' or "
                        "'none'.")
-    return _group_norm(self.num_groups, x.shape[-1], name)(x)
+    return _group_norm(self.num_groups, x.shape[-1], name, self.dtype)(x)
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
@@ -124,21 +134,23 @@ class Generator(nn.Module):
     _check_arch(self.arch)
     levels = num_levels(self.image_size)
     channels = level_channels(self.base_channels, self.max_channels, levels)
-    x = nn.Dense(4 * 4 * channels[levels], name="proj")(z)
+    dt = self.dtype
+    x = nn.Dense(4 * 4 * channels[levels], dtype=dt, name="proj")(z)
     x = x.reshape(z.shape[0], 4, 4, channels[levels])
     for l in reversed(range(levels)):  # 8x8 (level levels-1) up to level 0.
       c = channels[l]
       if self.arch == "dcgan":
         x = nn.relu(self._norm(x, f"norm_{l}"))
-        x = _conv(c, 3, name=f"conv_{l}")(_upsample(x))
+        x = _conv(c, 3, name=f"conv_{l}", dtype=dt)(_upsample(x))
       else:
         h = nn.relu(self._norm(x, f"norm_{l}a"))
-        h = _conv(c, 3, name=f"conv_{l}a")(_upsample(h))
+        h = _conv(c, 3, name=f"conv_{l}a", dtype=dt)(_upsample(h))
         h = nn.relu(self._norm(h, f"norm_{l}b"))
-        h = _conv(c, 3, name=f"conv_{l}b")(h)
-        x = _conv(c, 1, name=f"skip_{l}")(_upsample(x)) + h
+        h = _conv(c, 3, name=f"conv_{l}b", dtype=dt)(h)
+        x = _conv(c, 1, name=f"skip_{l}", dtype=dt)(_upsample(x)) + h
     x = nn.relu(self._norm(x, "norm_out"))
-    return jnp.tanh(_conv(1, 3, name="conv_out")(x))
+    out = _conv(1, 3, name="conv_out", dtype=dt)(x)
+    return jnp.tanh(out.astype(jnp.float32))
 
 
 class _DownStack(nn.Module):
@@ -148,6 +160,7 @@ class _DownStack(nn.Module):
   max_channels: int = 256
   arch: str = "dcgan"
   spectral_norm: bool = False
+  dtype: Dtype = jnp.float32
 
   def _layer(self, layer, x, update_stats):
     if self.spectral_norm:
@@ -162,20 +175,23 @@ class _DownStack(nn.Module):
       raise ValueError(f"Expected {self.image_size}x{self.image_size} images, "
                        f"got shape {x.shape}.")
     channels = level_channels(self.base_channels, self.max_channels, levels)
+    dt = self.dtype
     for l in range(levels):  # Level l: resolution image_size / 2^l -> half.
       c = channels[l + 1]
       if self.arch == "dcgan":
-        x = self._layer(_conv(c, 4, stride=2, name=f"conv_{l}"), x,
+        x = self._layer(_conv(c, 4, stride=2, name=f"conv_{l}", dtype=dt), x,
                         update_stats)
         x = nn.leaky_relu(x, 0.2)
       else:
         # The first block sees the image itself: no activation before it
         # (SNGAN's 'optimized' block).
         h = x if l == 0 else nn.relu(x)
-        h = self._layer(_conv(c, 3, name=f"conv_{l}a"), h, update_stats)
-        h = self._layer(_conv(c, 3, name=f"conv_{l}b"), nn.relu(h),
+        h = self._layer(_conv(c, 3, name=f"conv_{l}a", dtype=dt), h,
                         update_stats)
-        skip = self._layer(_conv(c, 1, name=f"skip_{l}"), x, update_stats)
+        h = self._layer(_conv(c, 3, name=f"conv_{l}b", dtype=dt), nn.relu(h),
+                        update_stats)
+        skip = self._layer(_conv(c, 1, name=f"skip_{l}", dtype=dt), x,
+                           update_stats)
         x = _downsample(skip) + _downsample(h)
     if self.arch == "resnet":
       x = nn.relu(x)
@@ -191,12 +207,14 @@ class Discriminator(nn.Module):
     max_channels: cap on the channels of any level.
     arch: 'dcgan' or 'resnet'.
     spectral_norm: spectrally normalise every kernel (state in 'batch_stats').
+    dtype: compute dtype; logits and features are returned in float32.
   """
   image_size: int
   base_channels: int = 32
   max_channels: int = 256
   arch: str = "dcgan"
   spectral_norm: bool = True
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool = False):
@@ -213,13 +231,13 @@ class Discriminator(nn.Module):
     """
     features = _DownStack(self.image_size, self.base_channels,
                           self.max_channels, self.arch, self.spectral_norm,
-                          name="body")(x, update_stats)
-    dense = nn.Dense(1, name="logit")
+                          self.dtype, name="body")(x, update_stats)
+    dense = nn.Dense(1, dtype=self.dtype, name="logit")
     if self.spectral_norm:
       logits = nn.SpectralNorm(dense)(features, update_stats=update_stats)
     else:
       logits = dense(features)
-    return logits[:, 0], features
+    return logits[:, 0].astype(jnp.float32), features.astype(jnp.float32)
 
 
 class Encoder(nn.Module):
@@ -231,12 +249,14 @@ class Encoder(nn.Module):
     base_channels: channels after the first downsampling.
     max_channels: cap on the channels of any level.
     arch: 'dcgan' or 'resnet'.
+    dtype: compute dtype; codes are returned in float32.
   """
   image_size: int
   z_dim: int
   base_channels: int = 32
   max_channels: int = 256
   arch: str = "dcgan"
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -249,5 +269,7 @@ class Encoder(nn.Module):
       [B, z_dim] latent codes (unbounded, like the Gaussian prior).
     """
     h = _DownStack(self.image_size, self.base_channels, self.max_channels,
-                   self.arch, spectral_norm=False, name="body")(x)
-    return nn.Dense(self.z_dim, name="out")(h)
+                   self.arch, spectral_norm=False, dtype=self.dtype,
+                   name="body")(x)
+    out = nn.Dense(self.z_dim, dtype=self.dtype, name="out")(h)
+    return out.astype(jnp.float32)

@@ -21,16 +21,21 @@ checkerboard artefacts.
 
 The posterior heads are zero-initialised, so training starts at mu = 0,
 logvar = 0 (q = the prior, KL = 0) instead of with a random, possibly huge KL.
+`dtype` is the compute dtype (jnp.bfloat16 for mixed precision): parameters
+stay float32 (`param_dtype`), GroupNorm computes its statistics in float32,
+and mu, logvar and x̂ are returned in float32, so the ELBO is float32.
 Modules only: the ELBO and training live in `genjax.methods.vae`.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+Dtype = Any
 LATENTS = ("dense", "spatial")
 
 
@@ -81,11 +86,12 @@ class ConvBlock(nn.Module):
   """3×3 conv, GroupNorm, SiLU."""
   features: int
   num_groups: int = 8
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = nn.Conv(self.features, (3, 3), padding=1)(x)
-    return nn.silu(nn.GroupNorm(self.num_groups)(x))
+    x = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype)(x)
+    return nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype)(x))
 
 
 class Encoder(nn.Module):
@@ -97,12 +103,14 @@ class Encoder(nn.Module):
     latent_dim: size of z (dense) or channels of z per position (spatial).
     blocks_per_level: conv blocks per level before downsampling.
     num_groups: GroupNorm groups (must divide every width).
+    dtype: compute dtype; mu and logvar are returned in float32.
   """
   channels: Sequence[int]
   latent: str = "dense"
   latent_dim: int = 64
   blocks_per_level: int = 1
   num_groups: int = 8
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
@@ -115,21 +123,24 @@ class Encoder(nn.Module):
       (mu, logvar), each [B, latent_dim] (dense) or [B, s, s, latent_dim]
       (spatial), s = S / 2^len(channels).
     """
-    h = nn.Conv(self.channels[0], (3, 3), padding=1, name="conv_in")(x)
+    h = nn.Conv(self.channels[0], (3, 3), padding=1, dtype=self.dtype,
+                name="conv_in")(x)
     for level, width in enumerate(self.channels):
       for i in range(self.blocks_per_level):
-        h = ConvBlock(width, self.num_groups, name=f"down{level}_block{i}")(h)
-      h = nn.Conv(width, (3, 3), strides=(2, 2), padding=1,
+        h = ConvBlock(width, self.num_groups, self.dtype,
+                      name=f"down{level}_block{i}")(h)
+      h = nn.Conv(width, (3, 3), strides=(2, 2), padding=1, dtype=self.dtype,
                   name=f"down{level}_pool")(h)
       h = nn.silu(h)
     zeros = nn.initializers.zeros
     if self.latent == "dense":
       h = h.reshape(h.shape[0], -1)
-      stats = nn.Dense(2 * self.latent_dim, kernel_init=zeros, name="head")(h)
+      stats = nn.Dense(2 * self.latent_dim, kernel_init=zeros,
+                       dtype=self.dtype, name="head")(h)
     else:
       stats = nn.Conv(2 * self.latent_dim, (1, 1), kernel_init=zeros,
-                      name="head")(h)
-    mu, logvar = jnp.split(stats, 2, axis=-1)
+                      dtype=self.dtype, name="head")(h)
+    mu, logvar = jnp.split(stats.astype(jnp.float32), 2, axis=-1)
     return mu, logvar
 
 
@@ -143,12 +154,14 @@ class Decoder(nn.Module):
     blocks_per_level: conv blocks per level after upsampling (at least 1:
       the first maps the width).
     num_groups: GroupNorm groups.
+    dtype: compute dtype; x̂ is returned in float32.
   """
   channels: Sequence[int]
   image_size: int
   latent: str = "dense"
   blocks_per_level: int = 1
   num_groups: int = 8
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
@@ -163,18 +176,21 @@ class Decoder(nn.Module):
     s = self.image_size // 2 ** len(self.channels)
     width = self.channels[-1]
     if self.latent == "dense":
-      h = nn.Dense(s * s * width, name="dense_in")(z)
+      h = nn.Dense(s * s * width, dtype=self.dtype, name="dense_in")(z)
       h = h.reshape(z.shape[0], s, s, width)
     else:
-      h = nn.Conv(width, (3, 3), padding=1, name="conv_in")(z)
+      h = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype,
+                  name="conv_in")(z)
     h = nn.silu(h)
     for level in reversed(range(len(self.channels))):
       width = self.channels[level]
       h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
       # The first block also maps the width to this level's.
       for i in range(max(self.blocks_per_level, 1)):
-        h = ConvBlock(width, self.num_groups, name=f"up{level}_block{i}")(h)
-    return nn.Conv(1, (3, 3), padding=1, name="conv_out")(h)
+        h = ConvBlock(width, self.num_groups, self.dtype,
+                      name=f"up{level}_block{i}")(h)
+    out = nn.Conv(1, (3, 3), padding=1, dtype=self.dtype, name="conv_out")(h)
+    return out.astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -189,12 +205,13 @@ class VAE(nn.Module):
   latent_dim: int = 64
   blocks_per_level: int = 1
   num_groups: int = 8
+  dtype: Dtype = jnp.float32
 
   def setup(self):
     self.encoder = Encoder(self.channels, self.latent, self.latent_dim,
-                           self.blocks_per_level, self.num_groups)
+                           self.blocks_per_level, self.num_groups, self.dtype)
     self.decoder = Decoder(self.channels, self.image_size, self.latent,
-                           self.blocks_per_level, self.num_groups)
+                           self.blocks_per_level, self.num_groups, self.dtype)
 
   def encode(self, x: Array) -> tuple[Array, Array]:
     """[B, S, S, 1] -> (mu, logvar); see `Encoder`."""

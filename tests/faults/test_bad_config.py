@@ -42,6 +42,9 @@ def test_unknown_variant_is_rejected():
     ("augment.crop_scale", (0.5, 1.5), "augment.crop_scale"),
     ("train.batch_size", 0, "train.batch_size"),
     ("train.num_steps", -1, "train.num_steps"),
+    ("train.compute_dtype", "float16", "train.compute_dtype"),
+    ("train.grad_accum_steps", 0, "train.grad_accum_steps"),
+    ("train.grad_accum_steps", 3, "divisible by grad_accum_steps=3"),
     ("data.image_size", 33, "not divisible by 2"),  # :smoke UNet: 2 levels.
     ("anomaly.noise_level", 0, "config.anomaly.noise_level"),
     ("anomaly.noise_level", 1001, "config.anomaly.noise_level"),
@@ -138,7 +141,10 @@ def test_batch_size_not_divisible_by_the_devices(tmp_path):
          f"--config.{field}.batch_size={size}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert (f"Config error: config.{field}.batch_size: {size} is not "
-            "divisible by the number of devices (4)") in result.stderr
+    # train's message comes from parallel.check_batch_size (also the loop's).
+    assert f"Config error: config.{field}.batch_size" in result.stderr
+    assert f"{size} is not divisible" in result.stderr or (
+        f"batch_size={size} must be divisible") in result.stderr
+    assert "by the number of devices (4)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not data_dir.exists()  # Nothing was built.
