@@ -63,6 +63,9 @@ def get_config(arg=None):
   vae.scale_mode = "optimal"
   vae.scale = 0.1
   vae.beta = 1.0  # Weight of the KL term after warm-up.
+  # Momentum of the running moments of the aggregate posterior (for
+  # sample.prior='aggregate'); 0.99 averages over the last ~100 batches.
+  vae.posterior_momentum = 0.99
   vae.kl_warmup_steps = pick(5000, 200, 2)  # Linear KL warm-up; 0 = none.
   # Reconstruction weight inside the lesion mask (1.0 = off); lesion masks
   # exist on data.train_split='train_mixed'.
@@ -96,7 +99,13 @@ def get_config(arg=None):
   # `--mode=sample` and the sample grids written during training.
   config.sample = sample = ml_collections.ConfigDict()
   sample.num_samples = pick(64, 16, 4)
-  sample.temperature = 1.0  # z ~ N(0, temperature² I).
+  # Where latents are drawn: 'aggregate' (a Gaussian fitted to the
+  # aggregate posterior, tracked during training; see genjax/methods/vae.py)
+  # or 'standard' (the N(0, I) prior). On the phantom the :cpu VAE's codes
+  # are strongly correlated and off-centre, so 'standard' draws fall in
+  # "prior holes" and decode to blobs (RESULTS.md shows both).
+  sample.prior = "aggregate"
+  sample.temperature = 1.0  # Scales the spread of z around its mean.
 
   # The VAE's reconstruction (decode of the posterior mean) has no options.
   return config

@@ -380,6 +380,93 @@ def test_train_step_minimises_the_objective(params):
                           "param_norm"}
 
 
+# --- The aggregate posterior (sample.prior='aggregate') -------------------------
+
+
+def test_aggregate_covariance_is_the_mixtures_covariance():
+  """q(z) = mean_i N(mu_i, diag σ_i²) has covariance Cov(mu) + mean diag σ²
+  (law of total variance), checked against numpy and against draws."""
+  rng = np.random.default_rng(0)
+  mu = rng.normal(size=(50, 3)) @ np.array([[1, .8, 0], [0, .5, 0], [0, 0, 2]])
+  logvar = rng.normal(-1.0, 0.3, size=(50, 3))
+  moments = vae.posterior_moments(jnp.asarray(mu, jnp.float32),
+                                  jnp.asarray(logvar, jnp.float32), True)
+  expected = np.cov(mu, rowvar=False, bias=True) + np.diag(
+      np.exp(logvar).mean(0))
+  np.testing.assert_allclose(vae.aggregate_covariance(moments), expected,
+                             rtol=1e-4, atol=1e-5)
+  i = rng.integers(50, size=200_000)
+  draws = mu[i] + np.exp(0.5 * logvar[i]) * rng.normal(size=(200_000, 3))
+  np.testing.assert_allclose(expected, np.cov(draws, rowvar=False), atol=0.03)
+  # Spatial latents keep the diagonal only.
+  diag = vae.posterior_moments(jnp.asarray(mu.reshape(50, 1, 1, 3)),
+                               jnp.asarray(logvar.reshape(50, 1, 1, 3)),
+                               False)
+  np.testing.assert_allclose(vae.aggregate_covariance(diag),
+                             np.diag(expected), rtol=1e-4)
+
+
+def test_aggregate_draws_have_the_fitted_mean_and_covariance():
+  mean = np.array([0.5, -1.0], np.float32)
+  cov = np.array([[1.0, 0.9], [0.9, 1.0]], np.float32)  # Nearly degenerate.
+  var = np.array([0.1, 0.1], np.float32)
+  # Moments whose aggregate covariance is `cov`.
+  second = cov - np.diag(var) + np.outer(mean, mean)
+  moments = {"mean": jnp.asarray(mean), "second": jnp.asarray(second),
+             "var": jnp.asarray(var)}
+  z = np.asarray(vae.sample_aggregate(jax.random.key(0), moments, 100_000))
+  np.testing.assert_allclose(z.mean(0), mean, atol=0.02)
+  np.testing.assert_allclose(np.cov(z, rowvar=False), cov, atol=0.02)
+  half = np.asarray(vae.sample_aggregate(jax.random.key(0), moments, 100_000,
+                                         temperature=0.5))
+  np.testing.assert_allclose(np.cov(half, rowvar=False), cov / 4, atol=0.01)
+  # The standard moments give N(0, I).
+  std = vae.standard_moments(2, True)
+  np.testing.assert_allclose(vae.aggregate_covariance(std), np.eye(2))
+
+
+def test_train_step_tracks_the_posterior_moments(params):
+  """After one step: momentum * start + (1 - momentum) * the moments of
+  the batch's posteriors under the parameters the step started from."""
+  config = _smoke()
+  config.vae.posterior_momentum = 0.75
+  method = vae.make(config)
+  batch = _lesion_batch()
+  state = jax.jit(method.init)(jax.random.key(0), batch)
+  state = state.replace(params=params)
+  new_state, _ = jax.jit(method.train_step)(state, batch, jax.random.key(3))
+  mu, logvar = vae.make_model(config).apply(
+      {"params": params["vae"]}, jnp.asarray(batch["image"]),
+      method=vae_nn.VAE.encode)
+  mu, var = np.asarray(mu, np.float64), np.exp(np.asarray(logvar, np.float64))
+  dim = mu.shape[1]
+  np.testing.assert_allclose(new_state.posterior["mean"],
+                             0.25 * mu.mean(0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new_state.posterior["second"],
+                             0.25 * mu.T @ mu / len(mu), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new_state.posterior["var"],
+                             0.75 * np.ones(dim) + 0.25 * var.mean(0),
+                             rtol=1e-5)
+
+
+def test_aggregate_and_standard_priors_decode_different_latents(params):
+  batch = _lesion_batch()
+  samples = {}
+  for prior in ("standard", "aggregate"):
+    config = _smoke()
+    config.sample.prior = prior
+    method = vae.make(config)
+    state = jax.jit(method.init)(jax.random.key(0), batch)
+    # Moments far from N(0, I): the two priors must decode differently.
+    dim = state.posterior["mean"].shape[0]
+    state = state.replace(params=params, posterior={
+        "mean": jnp.full((dim,), 3.0), "second": jnp.full((dim, dim), 9.0),
+        "var": jnp.full((dim,), 0.01)})
+    samples[prior] = np.asarray(jax.jit(method.sample, static_argnums=2)(
+        state, jax.random.key(5), 2))
+  assert not np.allclose(samples["standard"], samples["aggregate"], atol=1e-3)
+
+
 @pytest.mark.parametrize("latent", ["dense", "spatial"])
 def test_sample_and_reconstruct_shapes_and_range(latent):
   config = _smoke()
@@ -428,6 +515,8 @@ def test_learned_scale_is_a_trainable_parameter(params):
     ("vae.scale_mode", "auto", "config.vae.scale_mode='auto'"),
     ("vae.lesion_weight", 0.0, "config.vae.lesion_weight=0.0"),
     ("sample.temperature", 0.0, "config.sample.temperature"),
+    ("sample.prior", "flow", "config.sample.prior='flow'"),
+    ("vae.posterior_momentum", 1.0, "config.vae.posterior_momentum=1.0"),
     ("model.channels", (8, 16, 16, 16, 16, 16), "divisible by 64"),
     ("model.latent", "grid", "config.model.latent='grid'"),
     ("model.num_groups", 3, "config.model.num_groups=3"),

@@ -35,9 +35,24 @@ are per-image sums like `recon`, and a weight means the same at 32 and 128 px.
 All terms are per-image, averaged over the batch (with gradient accumulation,
 config.train.grad_accum_steps, over each micro-batch and then over the
 micro-batches: the same mean, except that the 'optimal' σ is then the
-micro-batch's). `sample` decodes z ~ N(0,
-temperature² I) to the mean of p(x|z); `reconstruct` decodes the posterior
-mean (deterministic, for anomaly detection). Both are clipped to [-1, 1].
+micro-batch's). `reconstruct` decodes the posterior mean (deterministic,
+for anomaly detection). `sample` decodes latents to the mean of p(x|z),
+drawn (config.sample.prior) from
+
+  'standard'   the prior N(0, temperature² I) of the ELBO;
+  'aggregate'  a Gaussian fitted to the aggregate posterior
+               q(z) = E_x q(z|x): mean E[mu], covariance
+               Cov(mu) + E[diag σ²] (full for dense latents, diagonal for
+               spatial ones), from running moments of the training batches
+               kept in the state (momentum `vae.posterior_momentum`), with
+               the spread scaled by `temperature`. This is the ex-post
+               density estimation of Ghosh et al. (2020), cf. the two-stage
+               VAE of Dai & Wipf (2019): where q(z) does not fill N(0, I)
+               ("prior holes"; on the phantom the codes are strongly
+               correlated, RESULTS.md), prior draws decode to blobs while
+               draws from q(z) decode to brains.
+
+Both are clipped to [-1, 1].
 """
 
 import math
@@ -64,11 +79,82 @@ DISTANCES = ("l2", "l1")
 MIN_SCALE = 1e-3
 
 
+PRIORS = ("standard", "aggregate")
+
+
 @flax.struct.dataclass
 class State:
   step: jax.Array
   params: Any  # {'vae': ..., 'log_scale': [] (learned Gaussian scale only)}
   opt_state: Any
+  # Running moments of the aggregate posterior q(z) = E_x q(z|x) over the
+  # training batches (see `posterior_moments`), for sample.prior='aggregate'.
+  posterior: Any
+
+
+# --- The aggregate posterior (ex-post density estimation) --------------------
+
+
+def posterior_moments(mu, logvar, full_covariance):
+  """The batch's moments of q(z) = mean over x of N(mu(x), diag σ²(x)).
+
+  Args:
+    mu: [B, ...] posterior means.
+    logvar: [B, ...] posterior log-variances.
+    full_covariance: True: E[mu mu^T] as a [D, D] matrix (dense latents);
+      False: its diagonal only (spatial latents, where D is large).
+
+  Returns:
+    {'mean': [D] E[mu], 'second': [D, D] or [D] E[mu mu^T],
+     'var': [D] E[σ²]}, D = the latent size, means over the batch.
+  """
+  mu = mu.reshape(mu.shape[0], -1).astype(jnp.float32)
+  var = jnp.exp(logvar.reshape(logvar.shape[0], -1).astype(jnp.float32))
+  second = (mu.T @ mu / mu.shape[0] if full_covariance
+            else jnp.mean(jnp.square(mu), axis=0))
+  return {"mean": jnp.mean(mu, axis=0), "second": second,
+          "var": jnp.mean(var, axis=0)}
+
+
+def standard_moments(dim, full_covariance):
+  """The moments of N(0, I): where the running moments start."""
+  second = (jnp.zeros((dim, dim), jnp.float32) if full_covariance
+            else jnp.zeros((dim,), jnp.float32))
+  return {"mean": jnp.zeros((dim,), jnp.float32), "second": second,
+          "var": jnp.ones((dim,), jnp.float32)}
+
+
+def aggregate_covariance(moments):
+  """Cov of q(z): E[mu mu^T] - E[mu] E[mu]^T + diag E[σ²] ([D, D] or [D])."""
+  m, second = moments["mean"], moments["second"]
+  if second.ndim == 2:
+    return second - jnp.outer(m, m) + jnp.diag(moments["var"])
+  return second - jnp.square(m) + moments["var"]
+
+
+def sample_aggregate(rng, moments, n, temperature=1.0):
+  """n draws of the Gaussian fitted to q(z): mean + temperature * L eps.
+
+  Args:
+    rng: PRNG key.
+    moments: `posterior_moments`-shaped running moments.
+    n: number of draws.
+    temperature: scales the spread around the mean.
+
+  Returns:
+    [n, D] latents.
+  """
+  cov = aggregate_covariance(moments)
+  eps = jax.random.normal(rng, (n, moments["mean"].shape[0]))
+  if cov.ndim == 2:
+    dim = cov.shape[0]
+    # Symmetrise and add a jitter: float32 rounding of E[mu mu^T] - m m^T
+    # can leave tiny negative eigenvalues where q(z) is nearly degenerate.
+    cov = 0.5 * (cov + cov.T) + 1e-5 * jnp.eye(dim)
+    spread = eps @ jnp.linalg.cholesky(cov).T
+  else:
+    spread = eps * jnp.sqrt(jnp.maximum(cov, 1e-10))
+  return moments["mean"] + temperature * spread
 
 
 # --- The pieces of the objective (pure, per example) -------------------------
@@ -270,6 +356,10 @@ def check_config(config):
         f"SSIM needs images of at least 11 px (its window); "
         f"config.data.image_size={config.data.image_size}.")
   check(config.sample.temperature > 0, "sample.temperature", "must be > 0.")
+  check(config.sample.prior in PRIORS, "sample.prior",
+        f"use one of {PRIORS}.")
+  check(0.0 <= c.posterior_momentum < 1.0, "vae.posterior_momentum",
+        "must be in [0, 1).")
   m = config.model
   try:
     vae_nn.check_architecture(config.data.image_size, tuple(m.channels),
@@ -305,7 +395,19 @@ def make_loss(config):
     differentiates it; it is public so that ablations and tests can
     evaluate the objective of several configs on one batch.
   """
+  loss_and_moments = _make_loss(config)
+
+  def loss(params, batch, rng, step):
+    value, (terms, _) = loss_and_moments(params, batch, rng, step)
+    return value, terms
+
+  return loss
+
+
+def _make_loss(config):
+  """`make_loss`, whose aux also holds the batch's `posterior_moments`."""
   check_config(config)
+  full_covariance = config.model.latent == "dense"
   model = make_model(config)
   vae_cfg = config.vae
   gaussian = vae_cfg.likelihood == "gaussian"
@@ -322,16 +424,20 @@ def make_loss(config):
   def loss(params, batch, rng, step):
     x = batch["image"]
     x_hat, mu, logvar = model.apply({"params": params["vae"]}, x, rng)
-    return objective(x, x_hat, mu, logvar, vae_cfg, step=step,
-                     mask=batch.get("mask"), log_scale=log_scale_of(params),
-                     feature_fn=feature_fn)
+    value, terms = objective(x, x_hat, mu, logvar, vae_cfg, step=step,
+                             mask=batch.get("mask"),
+                             log_scale=log_scale_of(params),
+                             feature_fn=feature_fn)
+    moments = jax.lax.stop_gradient(
+        posterior_moments(mu, logvar, full_covariance))
+    return value, (terms, moments)
 
   return loss
 
 
 def make(config):
   """The VAE as a `Method` (see genjax.methods)."""
-  loss_fn = make_loss(config)
+  loss_fn = _make_loss(config)
   model = make_model(config)
   tx = optim.make_optimizer(config.optim)
   vae_cfg = config.vae
@@ -341,6 +447,10 @@ def make(config):
                                 tuple(config.model.channels),
                                 config.model.latent, config.model.latent_dim)
   temperature = config.sample.temperature
+  prior = config.sample.prior
+  full_covariance = config.model.latent == "dense"
+  latent_size = math.prod(z_shape)
+  momentum = vae_cfg.posterior_momentum
   accum_steps = config.train.grad_accum_steps
 
   def init(rng, batch):
@@ -350,28 +460,36 @@ def make(config):
     if learn_scale:
       params["log_scale"] = jnp.float32(math.log(vae_cfg.scale))
     return State(step=jnp.zeros((), jnp.int32), params=params,
-                 opt_state=tx.init(params))
+                 opt_state=tx.init(params),
+                 posterior=standard_moments(latent_size, full_covariance))
 
   def grad_fn(batch, rng, params, step):
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng,
                                                      step), ()
 
   def train_step(state, batch, rng):
-    ((loss, terms), grads), _ = optim.accumulate_gradients(
+    ((loss, (terms, moments)), grads), _ = optim.accumulate_gradients(
         lambda b, r: grad_fn(b, r, state.params, state.step), batch, rng,
         accum_steps)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    posterior = jax.tree.map(lambda old, new: momentum * old
+                             + (1.0 - momentum) * new, state.posterior,
+                             moments)
     metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
                "param_norm": optax.global_norm(params)}
-    return State(step=state.step + 1, params=params,
-                 opt_state=opt_state), metrics
+    return State(step=state.step + 1, params=params, opt_state=opt_state,
+                 posterior=posterior), metrics
 
   def decode(params, z):
     return model.apply({"params": params["vae"]}, z, method=vae_nn.VAE.decode)
 
   def sample(state, rng, n):
-    z = temperature * jax.random.normal(rng, (n, *z_shape))
+    if prior == "aggregate":
+      z = sample_aggregate(rng, state.posterior, n, temperature)
+      z = z.reshape(n, *z_shape)
+    else:
+      z = temperature * jax.random.normal(rng, (n, *z_shape))
     return jnp.clip(decode(state.params, z), -1.0, 1.0)
 
   def reconstruct(state, images, rng):
