@@ -85,6 +85,10 @@ _DDIM_STRIDE = flags.DEFINE_integer(
     "uses every step from t to 0).")
 _PIPELINE_BATCHES = flags.DEFINE_integer(
     "pipeline_batches", 20, "Batches per timed input-pipeline run.")
+_SINGLE_THREAD = flags.DEFINE_bool(
+    "single_thread", False, "Run XLA and PyTorch on one thread each: on a "
+    "machine shared with other work, multi-threaded PyTorch (OpenMP) slows "
+    "down far more than XLA, so this gives the fairer ratio there.")
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size", 2048, "Side of the float32 matmul that measures the "
     "device's reachable FLOP/s.")
@@ -622,7 +626,8 @@ def markdown(result):
       f"torch {meta['torch'] or 'not installed'}, monai "
       f"{meta['monai'] or 'not installed'}. Load average before/after: "
       f"{meta['load_before']} / {meta['load_after']}. XLA_FLAGS="
-      f"`{meta['xla_flags'] or ''}`.",
+      f"`{meta['xla_flags'] or ''}`, PyTorch threads "
+      f"{meta['torch_threads'] or '—'}.",
       "",
       f"Command: `{meta['command']}`",
       "",
@@ -693,6 +698,14 @@ def markdown(result):
   return "\n".join(lines)
 
 
+def _torch_threads():
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return torch.get_num_threads()
+
+
 def _versions():
   out = {"jax": jax.__version__}
   import jaxlib  # pylint: disable=g-import-not-at-top
@@ -715,6 +728,7 @@ def run(method="ddpm", variant="cpu", *, out_dir=None, command=None,
           + ("" if jax.default_backend() != "cpu" else
              f", {platform.processor() or platform.machine()}"),
           "cpu_count": os.cpu_count(),
+          "torch_threads": _torch_threads(),
           "load_before": [round(x, 2) for x in os.getloadavg()],
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
   meta.update(_versions())
@@ -740,9 +754,23 @@ def run(method="ddpm", variant="cpu", *, out_dir=None, command=None,
   return result
 
 
+def set_single_thread():
+  """One thread for XLA and PyTorch; call before JAX initialises its backend."""
+  extra = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                             + extra).strip()
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(1)
+  except ImportError:
+    pass
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _SINGLE_THREAD.value:
+    set_single_thread()
   command = "python -m experiments.benchmark " + " ".join(
       a for a in sys.argv[1:])
   result = run(_METHOD.value, _CONFIG.value, out_dir=_OUT.value,
