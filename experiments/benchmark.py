@@ -83,6 +83,9 @@ _SAMPLE_STEPS = flags.DEFINE_integer(
 _DDIM_STRIDE = flags.DEFINE_integer(
     "ddim_stride", 10, "Timestep stride of the DDIM detector (ancestral "
     "uses every step from t to 0).")
+_DETECT_BATCH = flags.DEFINE_integer(
+    "detect_batch", None, "Slices per timed reconstruction; default: the "
+    "config's eval.batch_size.")
 _PIPELINE_BATCHES = flags.DEFINE_integer(
     "pipeline_batches", 20, "Batches per timed input-pipeline run.")
 _SINGLE_THREAD = flags.DEFINE_bool(
@@ -781,7 +784,7 @@ def main(argv):
                sample_steps=_SAMPLE_STEPS.value,
                ddim_stride=_DDIM_STRIDE.value,
                pipeline_batches=_PIPELINE_BATCHES.value,
-               workdir=_WORKDIR.value)
+               detect_batch=_DETECT_BATCH.value, workdir=_WORKDIR.value)
   print(result["table_markdown"])
   print(f"Wrote {_OUT.value}/benchmark.json and {_OUT.value}/BENCHMARK_TABLE.md")
 
