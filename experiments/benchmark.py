@@ -354,9 +354,24 @@ def monai_kwargs(config):
               norm_num_groups=m.num_groups)
 
 
+def torch_device():
+  """The PyTorch device matching JAX's: CUDA when JAX runs on a GPU and the
+  installed torch build has CUDA, else the CPU."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "gpu" and torch.cuda.is_available():
+    return torch.device("cuda")
+  return torch.device("cpu")
+
+
+def _torch_sync(device):
+  import torch  # pylint: disable=g-import-not-at-top
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+
+
 def monai_unet(config):
   from monai.networks.nets import DiffusionModelUNet  # pylint: disable=g-import-not-at-top
-  return DiffusionModelUNet(**monai_kwargs(config))
+  return DiffusionModelUNet(**monai_kwargs(config)).to(torch_device())
 
 
 def torch_param_count(model):
@@ -370,6 +385,7 @@ class MonaiTrainStep:
   def __init__(self, config, model):
     import torch  # pylint: disable=g-import-not-at-top
     self.torch = torch
+    self.device = next(model.parameters()).device
     self.model = model.train()
     self.ema = [p.detach().clone() for p in model.parameters()]
     self.opt = torch.optim.Adam(model.parameters(),
@@ -379,10 +395,10 @@ class MonaiTrainStep:
                                     config.diffusion.num_timesteps)
     self.abar = torch.from_numpy(
         np.asarray(schedules.alpha_bar(sched, jnp.arange(
-            config.diffusion.num_timesteps)), np.float32))
+            config.diffusion.num_timesteps)), np.float32)).to(self.device)
     b, s = config.train.batch_size, config.data.image_size
     gen = torch.Generator().manual_seed(0)
-    self.x0 = torch.rand((b, 1, s, s), generator=gen) * 2 - 1
+    self.x0 = (torch.rand((b, 1, s, s), generator=gen) * 2 - 1).to(self.device)
     self.num_t = config.diffusion.num_timesteps
     self.clip = config.optim.grad_clip
     self.decay = config.diffusion.ema_decay
@@ -390,7 +406,7 @@ class MonaiTrainStep:
   def __call__(self):
     torch = self.torch
     x0 = self.x0
-    t = torch.randint(0, self.num_t, (x0.shape[0],))
+    t = torch.randint(0, self.num_t, (x0.shape[0],), device=self.device)
     eps = torch.randn_like(x0)
     a = self.abar[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
@@ -403,19 +419,21 @@ class MonaiTrainStep:
     with torch.no_grad():
       torch._foreach_lerp_(self.ema, list(self.model.parameters()),  # pylint: disable=protected-access
                            1.0 - self.decay)
-    return float(loss)
+    return float(loss)  # Waits for the device, like block_until_ready.
 
 
 def monai_forward(config, model, batch_size):
   import torch  # pylint: disable=g-import-not-at-top
   s = config.data.image_size
-  x = torch.randn((batch_size, 1, s, s))
-  t = torch.full((batch_size,), 500, dtype=torch.long)
+  device = next(model.parameters()).device
+  x = torch.randn((batch_size, 1, s, s), device=device)
+  t = torch.full((batch_size,), 500, dtype=torch.long, device=device)
   model = model.eval()
 
   def call():
     with torch.inference_mode():
       model(x, t)
+    _torch_sync(device)
   return call
 
 
