@@ -644,7 +644,8 @@ def markdown(result):
   lines = [
       f"Measured {meta['date']} on {meta['device']} ({meta['cpu_count']} CPU "
       f"cores visible), jax {meta['jax']}, jaxlib {meta['jaxlib']}, "
-      f"torch {meta['torch'] or 'not installed'}, monai "
+      f"torch {meta['torch'] or 'not installed'}"
+      f"{' on ' + meta['torch_device'] if meta.get('torch_device') else ''}, monai "
       f"{meta['monai'] or 'not installed'}. Load average before/after: "
       f"{meta['load_before']} / {meta['load_after']}. XLA_FLAGS="
       f"`{meta['xla_flags'] or ''}`, PyTorch threads "
@@ -736,6 +737,7 @@ def _versions():
       out[mod] = importlib.import_module(mod).__version__
     except ImportError:
       out[mod] = None
+  out["torch_device"] = str(torch_device()) if out["torch"] else None
   return out
 
 
