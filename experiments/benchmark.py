@@ -419,7 +419,7 @@ class MonaiTrainStep:
     with torch.no_grad():
       torch._foreach_lerp_(self.ema, list(self.model.parameters()),  # pylint: disable=protected-access
                            1.0 - self.decay)
-    return float(loss)  # Waits for the device, like block_until_ready.
+    return loss.item()  # Waits for the device, like block_until_ready.
 
 
 def monai_forward(config, model, batch_size):
