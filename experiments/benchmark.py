@@ -394,7 +394,7 @@ class MonaiTrainStep:
     sched = schedules.make_schedule(config.diffusion.schedule,
                                     config.diffusion.num_timesteps)
     self.abar = torch.from_numpy(
-        np.asarray(schedules.alpha_bar(sched, jnp.arange(
+        np.array(schedules.alpha_bar(sched, jnp.arange(
             config.diffusion.num_timesteps)), np.float32)).to(self.device)
     b, s = config.train.batch_size, config.data.image_size
     gen = torch.Generator().manual_seed(0)
@@ -471,6 +471,7 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
     monai_note = "skipped (--skip_monai)"
   else:
     monai_note = "MONAI has no equivalent network; not compared"
+  logging.info("%s: timing the train step (%s)", name, ", ".join(fns))
   timing = time_calls(fns, repeats)
   tr = timing["genjax_train"]
   out["train"] = {
@@ -495,6 +496,7 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
   del step, fns
 
   if name == "ddpm":
+    logging.info("ddpm: timing one UNet forward, sampling and detection")
     # One UNet forward (= one sampling step), genjax vs MONAI.
     fwd, fwd_compile, fwd_flops, fwd_params = unet_forward(config, mesh, b)
     out["params"] = unet_lib.param_count(fwd_params)
@@ -546,6 +548,7 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
                                  "median_s": t["median_s"],
                                  "compile_s": compile_s, "batch": n}}
 
+  logging.info("%s: timing the input pipeline", name)
   out["pipeline"] = pipeline_throughput(config, b, pipeline_batches, repeats)
   out["peak_memory_bytes"] = peak_memory()
   out["targets"] = targets(out)
