@@ -1,0 +1,97 @@
+"""experiments.benchmark at tiny size: output structure and FLOP counting.
+
+No timing is asserted: times depend on the machine and its load.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments import benchmark
+from genjax.methods import ddpm
+from genjax.nn import unet as unet_lib
+
+
+def test_matmul_flops_are_2mnk():
+  m, k, n = 24, 40, 56
+  a, b = jnp.ones((m, k)), jnp.ones((k, n))
+  assert benchmark.count_flops(jnp.matmul, a, b) == 2 * m * n * k
+
+
+def test_time_calls_interleaves_and_takes_medians():
+  calls = []
+  timing = benchmark.time_calls({"a": lambda: calls.append("a"),
+                                 "b": lambda: calls.append("b")}, repeats=3)
+  assert calls == ["a", "b"] * 4  # One warm-up round, then 3 timed rounds.
+  for t in timing.values():
+    assert len(t["times_s"]) == 3 and t["first_s"] is not None
+    assert min(t["times_s"]) <= t["median_s"] <= max(t["times_s"])
+
+
+def test_ddpm_smoke_benchmark_structure(phantom_data_dir, tmp_path):
+  out_dir = str(tmp_path / "bench")
+  result = benchmark.run(
+      "ddpm", "smoke", out_dir=out_dir, command="test", repeats=1,
+      matmul_size=128, image_size=32, batch_size=4, data_dir=phantom_data_dir,
+      skip_monai=True, sample_steps=2, ddim_stride=50, pipeline_batches=2)
+  with open(os.path.join(out_dir, "benchmark.json")) as f:
+    saved = json.load(f)
+  assert saved["meta"]["command"] == "test"
+  assert saved["matmul"]["flops"] == 2 * 128 ** 3
+  r = saved["methods"]["ddpm"]
+  assert (r["image_size"], r["batch_size"]) == (32, 4)
+  train = r["train"]
+  assert train["images_per_s"] > 0 and train["compile_s"] > 0
+  # The step's FLOPs are those of the UNet (and more): at least the forward's.
+  assert train["flops_per_step"] > r["forward"]["flops"] > 0
+  assert 0 < train["fraction_of_matmul_peak"]
+  assert set(r["sample"]) == {"ddpm", "ddim"}
+  assert all(s["model_evaluations"] == 2 for s in r["sample"].values())
+  d = r["detect"]
+  assert d["noise_level"] == 200
+  assert d["ancestral"]["model_evaluations"] == 200
+  assert d["ddim"]["model_evaluations"] == 200 // 50
+  assert "needs a trained workdir" in d["auprc"]["note"]
+  assert r["pipeline"]["images_per_s"] > 0
+  assert "monai" not in r and "skipped" in r["monai_note"]
+  names = [t["name"] for t in r["targets"]]
+  assert any("pipeline" in n for n in names)
+  assert any("AUPRC" in n for n in names)
+  auprc = [t for t in r["targets"] if "AUPRC" in t["name"]][0]
+  assert auprc["passed"] is None  # Reported as not measured, not as a pass.
+  if jax.default_backend() == "cpu":
+    assert r["peak_memory_bytes"] is None
+  table = open(os.path.join(out_dir, "BENCHMARK_TABLE.md")).read()
+  assert table == result["table_markdown"] + "\n"
+  for text in ("training images/s", "| target |", "not reported",
+               "detection slices/s", "input pipeline images/s"):
+    assert text in table
+
+
+def test_missing_torch_is_a_note(monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  ok, note = benchmark.torch_available()
+  assert not ok and "not installed" in note
+
+
+@pytest.mark.parametrize("variant", ["smoke", "cpu", ""])
+def test_monai_mapping_matches_param_count(variant):
+  try:
+    import monai  # pylint: disable=g-import-not-at-top,unused-import
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pytest.skip("torch and monai are not installed (pip install -e "
+                "'.[bench]'); the MONAI mapping cannot be checked.")
+  config = benchmark.build_config("ddpm", variant)
+  model = ddpm.make_model(config)
+  s = config.data.image_size
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, s, s, 1)),
+                         jnp.zeros((1,), jnp.int32)))["params"]
+  ours = unet_lib.param_count(shapes)
+  theirs = benchmark.torch_param_count(benchmark.monai_unet(config))
+  assert abs(ours - theirs) <= 0.05 * theirs, (ours, theirs)
