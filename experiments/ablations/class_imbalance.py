@@ -261,16 +261,8 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
       lambda: real_reference(first, percentile, min_pixels), computed, force)
   for name, config in configs.items():
     run_dir = os.path.join(workdir, name)
-    before = common.checkpoint_step(config, run_dir)
-    method, state = common.train_or_resume(config, run_dir)
-    if before != common.checkpoint_step(config, run_dir):
-      computed.append(("train", run_dir))
-    ev = common.run_or_reuse("eval", config, method, state,
-                             os.path.join(run_dir, "eval"), force=force,
-                             command=command, log=computed)
-    det = common.run_or_reuse("detect", config, method, state,
-                              os.path.join(run_dir, "detect"), force=force,
-                              command=command, log=computed)
+    method, state, ev, det = common.train_eval_detect(
+        config, run_dir, force=force, command=command, log=computed)
     step = int(jax.device_get(state.step))
     base_key = {"step": step, "config": common.relevant(config)}
     bias = cached(os.path.join(run_dir, "imbalance", "healthy_bias.json"),

@@ -237,6 +237,33 @@ def run_or_reuse(kind, config, method, state, out_dir, *, force=False,
   return metrics
 
 
+def train_eval_detect(config, run_dir, *, force=False, command=None,
+                      log=None):
+  """Trains (or resumes) in run_dir, then eval and detect into its eval/ and
+  detect/ folders, reusing what exists (see `run_or_reuse`).
+
+  Args:
+    config: the run's config.
+    run_dir: its workdir.
+    force: recompute eval and detect even if reusable outputs exist.
+    command: the command line for their report.md.
+    log: an optional list; ('train', run_dir) and (kind, out_dir) are
+      appended for what was computed.
+
+  Returns:
+    (method, state, eval metrics, detect metrics).
+  """
+  before = checkpoint_step(config, run_dir)
+  method, state = train_or_resume(config, run_dir)
+  if log is not None and before != checkpoint_step(config, run_dir):
+    log.append(("train", run_dir))
+  outputs = [run_or_reuse(kind, config, method, state,
+                          os.path.join(run_dir, kind), force=force,
+                          command=command, log=log)
+             for kind in ("eval", "detect")]
+  return (method, state, *outputs)
+
+
 # --- Bootstrap over subjects --------------------------------------------------
 
 

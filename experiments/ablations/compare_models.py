@@ -110,16 +110,8 @@ def run(workdir, configs, *, force=False, command=None):
   computed, results = [], {}
   for m, config in configs.items():
     run_dir = os.path.join(workdir, m)
-    before = common.checkpoint_step(config, run_dir)
-    method, state = common.train_or_resume(config, run_dir)
-    if before != common.checkpoint_step(config, run_dir):
-      computed.append(("train", run_dir))
-    ev = common.run_or_reuse("eval", config, method, state,
-                             os.path.join(run_dir, "eval"), force=force,
-                             command=command, log=computed)
-    det = common.run_or_reuse("detect", config, method, state,
-                              os.path.join(run_dir, "detect"), force=force,
-                              command=command, log=computed)
+    _, _, ev, det = common.train_eval_detect(
+        config, run_dir, force=force, command=command, log=computed)
     results[m] = {"config": config, "eval": ev, "detect": det,
                   "dir": run_dir}
 
