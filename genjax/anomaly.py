@@ -929,9 +929,14 @@ def write_detect_report(path, metrics, command):
               "Rows: lesion slices with the largest lesions "
               f"({', '.join(m['figure_slices'])})."]
   if m["maps"]:
+    if any(p.endswith(".nii.gz") for p in m["maps"]):
+      kind = ("NIfTI with each subject's affine: overlay them on the input "
+              "in ITK-SNAP or 3D Slicer")
+    else:  # Slice folders have no affine (see write_subject_maps).
+      kind = ("per-slice PNGs and .npy stacks: the slices have no affine, "
+              "so no NIfTI")
     lines += ["", f"Anomaly maps: {len(m['maps'])} files in `maps/` "
-              "(NIfTI with each subject's affine: overlay them on the input "
-              "in ITK-SNAP or 3D Slicer)."]
+              f"({kind})."]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")

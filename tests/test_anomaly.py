@@ -388,6 +388,14 @@ def test_detect_mode_end_to_end(smoke_config, tmp_path):
   assert metrics["config"]["method"] == "ddpm"
   report = (out / "report.md").read_text()
   assert "--mode=detect" in report and "![examples](examples.png)" in report
+  assert "NIfTI with each subject's affine" in report
+  # Slice folders (no affine) get PNG/.npy maps, and the report says so.
+  slices_report = anomaly.write_detect_report(
+      str(out / "slices_report.md"),
+      dict(metrics, maps=["maps/s_slice0003_anomaly.png",
+                          "maps/s_anomaly.npy"]), "cmd")
+  text = open(slices_report).read()
+  assert "per-slice PNGs and .npy stacks" in text and "NIfTI with" not in text
   assert (out / "examples.png").exists()
   maps = sorted(glob.glob(str(out / "maps" / "*_anomaly.nii.gz")))
   assert len(maps) == metrics["n_test_subjects"] == 3
