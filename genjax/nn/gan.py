@@ -36,6 +36,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax.nn.norm import GroupNorm
+
 Array = jax.Array
 Dtype = Any
 
@@ -87,8 +89,8 @@ def _downsample(x: Array) -> Array:
 
 def _group_norm(num_groups, channels, name=None, dtype=jnp.float32):
   # gcd: any channel count works, whatever num_groups the config asks for.
-  return nn.GroupNorm(num_groups=math.gcd(num_groups, channels), dtype=dtype,
-                      name=name)
+  return GroupNorm(num_groups=math.gcd(num_groups, channels), dtype=dtype,
+                   name=name)
 
 
 class Generator(nn.Module):

@@ -49,6 +49,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax.nn.norm import GroupNorm
+
 Array = jax.Array
 Dtype = Any
 
@@ -97,46 +99,6 @@ def _conv(features: int, kernel: int, dtype: Dtype, name: str, stride: int = 1,
   kwargs = dict(kernel_init=nn.initializers.zeros) if zero_init else {}
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), dtype=dtype, name=name, **kwargs)
-
-
-class GroupNorm(nn.Module):
-  """Group normalisation; the same parameters ('scale', 'bias') and results
-  as `flax.linen.GroupNorm` (float32 statistics, E[x²] - E[x]² variance).
-
-  The statistics are reduced in two stages: per-channel sums over the pixels
-  (a reduction over the major axes with channels contiguous), then the sums
-  of each group's channels. XLA's CPU backend reduces Flax's single
-  reduction over [B, H, W, G, C/G] far more slowly when C/G is small:
-  measured with one thread, forward + backward at 16×64×64×16 with 8 groups,
-  22 ms (Flax) vs 2.4 ms (this), 9× faster also at 32×32×32.
-
-  Attributes:
-    num_groups: groups; must divide the channels.
-    epsilon: added to the variance.
-    dtype: output dtype.
-  """
-  num_groups: int = 32
-  epsilon: float = 1e-6
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    """[B, ..., C] -> [B, ..., C], normalised over (..., C / num_groups)."""
-    c = x.shape[-1]
-    per = c // self.num_groups
-    scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    xf = x.astype(jnp.float32)
-    pixel_axes = tuple(range(1, x.ndim - 1))
-    count = math.prod(x.shape[1:-1]) * per
-    group_sum = lambda v: jnp.sum(v, pixel_axes).reshape(
-        -1, self.num_groups, per).sum(-1)
-    mean = group_sum(xf) / count
-    var = jnp.maximum(group_sum(jnp.square(xf)) / count - jnp.square(mean), 0.0)
-    mul = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), per, axis=-1) * scale
-    add = bias - jnp.repeat(mean, per, axis=-1) * mul
-    bcast = (x.shape[0],) + (1,) * (x.ndim - 2) + (c,)
-    return (xf * mul.reshape(bcast) + add.reshape(bcast)).astype(self.dtype)
 
 
 def _upsample_nearest(x: Array) -> Array:

@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from genjax.nn.norm import GroupNorm
+
 Array = jax.Array
 Dtype = Any
 LATENTS = ("dense", "spatial")
@@ -91,7 +93,7 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     x = nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype)(x)
-    return nn.silu(nn.GroupNorm(self.num_groups, dtype=self.dtype)(x))
+    return nn.silu(GroupNorm(self.num_groups, dtype=self.dtype)(x))
 
 
 class Encoder(nn.Module):
