@@ -43,6 +43,11 @@ def get_config(arg=None):
   diffusion.num_timesteps = 1000
   diffusion.prediction = "eps"  # 'eps', 'x0' or 'v'.
   diffusion.weighting = "none"  # 'none' (L_simple) or 'min_snr'.
+  # Noise of the forward process in training and in sampling: 'gaussian'
+  # (DDPM) or 'simplex' (AnoDDPM: spatially correlated, normalised simplex
+  # noise, so that reconstruction from t removes lesion-sized structures;
+  # detect with anomaly.noise='simplex' to match).
+  diffusion.noise = "gaussian"
   diffusion.ema_decay = pick(0.9999, 0.995, 0.9)
 
   config.optim = optim = ml_collections.ConfigDict()

@@ -11,6 +11,7 @@ exactly as if it had never stopped.
 """
 
 import glob
+import importlib
 import json
 import logging as std_logging
 import os
@@ -85,6 +86,44 @@ def flatten_config(tree, prefix=""):
   return out
 
 
+def config_file_defaults(config):
+  """flatten_config of `configs/<method>.py:<variant>` for this config.
+
+  A field missing from a saved config was added to genjax after that run;
+  the run behaved as the field's default does (new fields default to the old
+  behaviour). Returns None when the config file cannot be built.
+  """
+  variant = config.get("variant", "") or None
+  try:
+    module = importlib.import_module(f"configs.{config.method}")
+    default = module.get_config(variant)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return flatten_config(json.loads(default.to_json_best_effort()))
+
+
+def added_field_differences(saved_flat, config):
+  """Fields the saved config lacks whose current value is not the default.
+
+  Args:
+    saved_flat: flatten_config of the saved config.
+    config: the current ConfigDict.
+
+  Returns:
+    Sorted field names: fields added to genjax since `saved_flat` was
+    written that `config` sets away from their default (so it asks for
+    something the saved run did not do).
+  """
+  current = flatten_config(json.loads(config.to_json_best_effort()))
+  added = [k for k in current if k not in saved_flat]
+  if not added:
+    return []
+  defaults = config_file_defaults(config)
+  if defaults is None:
+    return []
+  return sorted(k for k in added if k in defaults and current[k] != defaults[k])
+
+
 def check_workdir_config(config, workdir):
   """Writes workdir/config.json, or checks the run there used this config.
 
@@ -97,15 +136,21 @@ def check_workdir_config(config, workdir):
     with open(path) as f:
       saved = json.load(f)
     a, b = flatten_config(saved), flatten_config(current)
-    # Fields the saved config lacks were added to genjax since; their
-    # defaults keep the old behaviour, so they do not count as a difference.
-    diff = sorted(k for k in a
-                  if a.get(k) != b.get(k)
-                  and not any(k == f or (f.endswith(".") and k.startswith(f))
-                              for f in RESUMABLE_FIELDS))
-    if diff:
-      lines = "\n".join(f"  {k}: {a.get(k)!r} (workdir) vs {b.get(k)!r} (now)"
-                        for k in diff)
+    # Fields the saved config lacks were added to genjax since: at their
+    # defaults they keep the old behaviour, so only those set away from their
+    # default count (added_field_differences).
+    resumable = lambda k: any(k == f or (f.endswith(".") and k.startswith(f))
+                              for f in RESUMABLE_FIELDS)
+    diff = sorted(k for k in a if a.get(k) != b.get(k) and not resumable(k))
+    added = [k for k in added_field_differences(a, config)
+             if not resumable(k)]
+    if diff or added:
+      lines = "\n".join(
+          [f"  {k}: {a.get(k)!r} (workdir) vs {b.get(k)!r} (now)"
+           for k in diff]
+          + [f"  {k}: not in the workdir's config (added to genjax since; "
+             f"that run used the default) vs {b.get(k)!r} (now)"
+             for k in added])
       raise WorkdirMismatchError(
           f"{workdir} holds a run made with a different config:\n{lines}\n"
           "Use a new --workdir, or the same config to resume that run.")

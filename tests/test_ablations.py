@@ -359,3 +359,16 @@ def test_command_line_rejects_an_unknown_field_before_any_work(
       script == "noise_level")
   if script != "noise_level":
     assert not os.path.exists(workdir)
+
+
+def test_cached_outputs_from_before_a_new_field_are_reused_at_its_default():
+  from configs import ddpm
+  config = ddpm.get_config("smoke")
+  saved = common.relevant(config)
+  del saved["diffusion.noise"]  # Written before the field existed.
+  assert common.config_differences(saved, config) == []
+  config.diffusion.noise = "simplex"
+  assert common.config_differences(saved, config) == ["diffusion.noise"]
+  # A field removed from genjax since still counts.
+  saved["diffusion.old_field"] = 1
+  assert "diffusion.old_field" in common.config_differences(saved, config)

@@ -156,7 +156,13 @@ def relevant(config, ignored=IGNORED_FIELDS):
 def config_differences(saved, config, ignored=IGNORED_FIELDS):
   """Fields (other than `ignored` ones) where `saved` and `config` differ."""
   a, b = relevant(saved, ignored), relevant(config, ignored)
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  # A field `saved` lacks was added to genjax since it was written; it
+  # differs only if `config` sets it away from its default.
+  added = set(b) - set(a)
+  if isinstance(config, ml_collections.ConfigDict):
+    added &= set(train.added_field_differences(flat(saved), config))
+  return sorted(k for k in set(a) | set(b)
+                if a.get(k) != b.get(k) and (k in a or k in added))
 
 
 # --- Train, eval and detect, reusing what exists ---------------------------------
@@ -195,7 +201,9 @@ def reusable(path, config, step, files=()):
     metrics = json.load(f)
   if metrics.get("step") != step:
     return False, f"made at step {metrics.get('step')}, checkpoint is {step}"
-  diff = config_differences(metrics.get("config", {}), config)
+  if not metrics.get("config"):
+    return False, "it records no config"
+  diff = config_differences(metrics["config"], config)
   if diff:
     return False, "config differs in " + ", ".join(diff[:5])
   missing = [f for f in files

@@ -56,7 +56,7 @@ def make_schedule(config):
 
 
 def noise_fn(kind):
-  """The noise of the forward process used for reconstruction."""
+  """The forward-process noise named `kind` ('gaussian' or 'simplex')."""
   if kind == "gaussian":
     return losses.gaussian_noise
   if kind == "simplex":
@@ -104,6 +104,11 @@ def validate(config):
     raise ConfigError(
         f"config.anomaly.noise_level={config.anomaly.noise_level} must be in "
         f"[1, {t}] (noising steps of config.diffusion.num_timesteps={t}).")
+  for field in ("diffusion.noise", "anomaly.noise"):
+    section, name = field.split(".")
+    if config[section].get(name, "gaussian") not in ("gaussian", "simplex"):
+      raise ConfigError(f"config.{field}={config[section][name]!r}: use "
+                        "'gaussian' or 'simplex'.")
   for section in ("sample", "anomaly"):
     try:
       sampler_kwargs(config[section].sampler, config[section])
@@ -119,6 +124,8 @@ def make(config):
   prediction = config.diffusion.prediction
   ema_decay = config.diffusion.ema_decay
   accum_steps = config.train.grad_accum_steps
+  # Configs saved before diffusion.noise existed trained with Gaussian noise.
+  train_noise = noise_fn(config.diffusion.get("noise", "gaussian"))
 
   def model_fn(params):
     return lambda x, t: model.apply({"params": params}, x, t, train=False)
@@ -138,7 +145,7 @@ def make(config):
                                        rngs={"dropout": dropout_rng})
       per_example = losses.denoising_loss(
           apply, schedule, batch["image"], loss_rng, prediction=prediction,
-          weighting=config.diffusion.weighting)
+          weighting=config.diffusion.weighting, noise_fn=train_noise)
       return jnp.mean(per_example)
 
     return jax.value_and_grad(loss_fn)(params), ()
@@ -162,10 +169,11 @@ def make(config):
   def sample(state, rng, n):
     size = config.data.image_size
     prior_rng, rng = jax.random.split(rng)
-    x_T = jax.random.normal(prior_rng, (n, size, size, 1))
+    # A model trained on simplex noise starts from it and adds it per step.
+    x_T = train_noise(prior_rng, (n, size, size, 1))
     x0 = samplers.get_sampler(sample_cfg.sampler)(
         model_fn(state.ema_params), schedule, rng, x_T, None,
-        prediction=prediction, **sample_kwargs)
+        prediction=prediction, noise_fn=train_noise, **sample_kwargs)
     return jnp.clip(x0, -1.0, 1.0)
 
   anomaly = config.anomaly
