@@ -74,6 +74,11 @@ _SKIP_MONAI = flags.DEFINE_bool("skip_monai", False,
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A trained DDPM workdir: also run genjax.anomaly.detect "
     "with both samplers on the test split and report both AUPRCs.")
+_DETECT_SPLITS = flags.DEFINE_list(
+    "detect_splits", None, "With --workdir: the test and validation splits "
+    "of the AUPRC comparison, in TFDS syntax (e.g. 'test[:10%],"
+    "validation[:10%]'); default: the run's data.eval_split and "
+    "data.val_split. Ancestral detection costs t model evaluations a slice.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "config.data.data_dir (where the phantom is "
                                 "built); default: the config's.")
@@ -447,6 +452,7 @@ def _rate(n, timing):
 def bench_method(name, variant, *, image_size=None, batch_size=None,
                  data_dir=None, repeats=5, skip_monai=False, sample_steps=50,
                  ddim_stride=10, pipeline_batches=20, workdir=None,
+                 detect_splits=None,
                  peak_flops=None, mesh=None, detect_batch=None, out_dir=None):
   """All measurements of one method; returns a JSON-able dict."""
   config = build_config(name, variant, image_size, batch_size, data_dir)
@@ -538,7 +544,7 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
     out["detect"]["speedup"] = (out["detect"]["ddim"]["slices_per_s"]
                                 / out["detect"]["ancestral"]["slices_per_s"])
     out["detect"]["auprc"] = detect_auprc(config, workdir, ddim_stride,
-                                          out_dir)
+                                          out_dir, splits=detect_splits)
   else:
     state = init_state(methods.get(config), config, mesh)
     n = config.sample.num_samples if "sample" in config else b
@@ -576,14 +582,23 @@ def workdir_config(workdir, data_dir=None):
   return config
 
 
-def detect_auprc(config, workdir, ddim_stride, out_dir=None):
+def detect_auprc(config, workdir, ddim_stride, out_dir=None, splits=None):
   """Pixel and slice AUPRC of genjax.anomaly.detect, ancestral vs DDIM, at
-  the benchmark config's noise level, on the trained run in `workdir`."""
+  the benchmark config's noise level, on the trained run in `workdir`.
+
+  `splits`: optional (test split, validation split) in TFDS syntax, e.g. a
+  slice of each where ancestral detection of whole splits is too slow.
+  """
   if not workdir:
     return {"note": "not measured: needs a trained workdir (--workdir)"}
   cfg = workdir_config(workdir, config.data.data_dir)
   cfg.anomaly.noise_level = config.anomaly.noise_level
-  result = {}
+  if splits:
+    if len(splits) != 2:
+      raise ValueError(f"--detect_splits={','.join(splits)}: give two "
+                       "splits, the test one and the validation one.")
+    cfg.data.eval_split, cfg.data.val_split = splits
+  result = {"eval_split": cfg.data.eval_split, "val_split": cfg.data.val_split}
   for kind, c in detect_configs(cfg, ddim_stride).items():
     method, state = train_lib.load_state(c, workdir)
     t0 = time.perf_counter()
@@ -592,6 +607,8 @@ def detect_auprc(config, workdir, ddim_stride, out_dir=None):
                                     f"detect_{kind}"))
     result[kind] = {"auprc": m.get("auprc"),
                     "slice_auprc": m.get("slice_auprc"),
+                    "n_test_slices": m.get("n_test_slices"),
+                    "n_test_lesion_slices": m.get("n_test_lesion_slices"),
                     "seconds": time.perf_counter() - t0,
                     "checkpoint_step": int(state.step)}
   result["auprc_difference"] = abs(result["ancestral"]["auprc"]
@@ -707,7 +724,10 @@ def markdown(result):
         lines.append(f"| detection AUPRC | {au['note']} | | |")
       else:
         for kind in ("ancestral", "ddim"):
-          lines.append(f"| detection AUPRC ({kind}; slice AUPRC) | "
+          lines.append(f"| detection AUPRC ({kind}; slice AUPRC) on "
+                       f"{au['eval_split']} ({au[kind]['n_test_slices']} "
+                       f"slices, {au[kind]['n_test_lesion_slices']} with "
+                       "lesions) | "
                        f"{_f(au[kind]['auprc'])} ({_f(au[kind]['slice_auprc'])})"
                        " | | |")
     lines.append(f"| input pipeline images/s | "
@@ -808,7 +828,8 @@ def main(argv):
                sample_steps=_SAMPLE_STEPS.value,
                ddim_stride=_DDIM_STRIDE.value,
                pipeline_batches=_PIPELINE_BATCHES.value,
-               detect_batch=_DETECT_BATCH.value, workdir=_WORKDIR.value)
+               detect_batch=_DETECT_BATCH.value, workdir=_WORKDIR.value,
+               detect_splits=_DETECT_SPLITS.value)
   print(result["table_markdown"])
   print(f"Wrote {_OUT.value}/benchmark.json and {_OUT.value}/BENCHMARK_TABLE.md")
 

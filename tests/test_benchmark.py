@@ -9,6 +9,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import benchmark
@@ -95,3 +96,32 @@ def test_monai_mapping_matches_param_count(variant):
   ours = unet_lib.param_count(shapes)
   theirs = benchmark.torch_param_count(benchmark.monai_unet(config))
   assert abs(ours - theirs) <= 0.05 * theirs, (ours, theirs)
+
+
+def test_auprc_comparison_on_slices_of_the_splits(smoke_config, tmp_path):
+  # Ancestral detection of whole splits is hours on a CPU; --detect_splits
+  # runs both detectors on the same TFDS slices of the test and validation
+  # splits.
+  from genjax import train  # pylint: disable=g-import-not-at-top
+  config = smoke_config()
+  config.train.num_steps = 1
+  config.train.sample_every = 100
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  bench_config = smoke_config()
+  bench_config.anomaly.noise_level = 3  # 3 ancestral steps: seconds.
+  splits = ["test[:50%]", "validation[:50%]"]
+  result = benchmark.detect_auprc(bench_config, workdir, ddim_stride=500,
+                                  out_dir=str(tmp_path / "out"),
+                                  splits=splits)
+  assert result["eval_split"] == splits[0]
+  from genjax import anomaly  # pylint: disable=g-import-not-at-top
+  counted = lambda split: sum(
+      int(np.sum(b["valid"])) for b in anomaly.eval_batches(config, split))
+  n_half, n_all = counted(splits[0]), counted("test")
+  assert 0 < n_half < n_all
+  for kind in ("ancestral", "ddim"):
+    assert result[kind]["n_test_slices"] == n_half, result[kind]
+  with pytest.raises(ValueError, match="give two splits"):
+    benchmark.detect_auprc(bench_config, workdir, 500, str(tmp_path / "x"),
+                           splits=["test[:50%]"])
