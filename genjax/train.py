@@ -311,8 +311,16 @@ def _make_train_step(method, config, mesh):
                  out_shardings=(rep, rep), donate_argnums=0)
 
 
-def _mean_metrics(history, skip_nonfinite):
+def _mean_metrics(history, skip_nonfinite, first_step=0, reported=None):
   """Means over the steps since the last log, and the first non-finite step.
+
+  Args:
+    history: the metrics dicts of consecutive steps.
+    skip_nonfinite: config.train.skip_nonfinite.
+    first_step: the (pre-update) step of history[0].
+    reported: the method's `reported(step, name)`, or None (all reported).
+      A metric's mean is over the steps that report it; a metric no step
+      reports is left out.
 
   Returns:
     (means, offset, keys): offset (into history) and metric names of the
@@ -321,15 +329,20 @@ def _mean_metrics(history, skip_nonfinite):
     their count, and nothing is reported as non-finite.
   """
   history = jax.device_get(history)
+  keys = [k for k in history[0] if k != "skipped"]
+  use = lambda i, k: reported is None or reported(first_step + i, k)
+  kept = [i for i, m in enumerate(history)
+          if not (skip_nonfinite and m["skipped"])]
+  means = {}
+  for k in keys:
+    values = [history[i][k] for i in kept if use(i, k)]
+    if values:
+      means[k] = float(np.mean(values))
+    elif skip_nonfinite and any(use(i, k) for i in range(len(history))):
+      means[k] = float("nan")  # Reported, but every such step was skipped.
   if skip_nonfinite:
-    kept = [m for m in history if not m["skipped"]]
-    keys = [k for k in history[0] if k != "skipped"]
-    means = {k: float(np.mean([m[k] for m in kept])) if kept else float("nan")
-             for k in keys}
     means["skipped"] = float(sum(m["skipped"] for m in history))
     return means, None, None
-  keys = history[0].keys()
-  means = {k: float(np.mean([m[k] for m in history])) for k in keys}
   for offset, m in enumerate(history):
     bad = [k for k in keys if not np.all(np.isfinite(m[k]))]
     if bad:
@@ -452,7 +465,8 @@ def _train_loop(config, workdir, mesh, method, state, start_step, batches,
     if done % config.train.log_every == 0 or is_last or (
         done % config.train.ckpt_every == 0):
       means, bad_offset, bad_keys = _mean_metrics(
-          history, config.train.skip_nonfinite)
+          history, config.train.skip_nonfinite, done - len(history),
+          method.reported)
       if bad_offset is not None:
         bad_step = done - len(history) + bad_offset + 1
         manager.wait_until_finished()

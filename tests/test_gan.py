@@ -357,7 +357,10 @@ def test_smoke_training_loop(smoke_config, tmp_path):
   # Phase 1: the izi_f loss falls; G and D are not trained any more.
   e_loss = scalars["e_loss"]
   assert e_loss[80] < 0.8 * e_loss[45], e_loss
-  assert scalars["d_loss"][80] == 0.0
+  # Each phase's metrics are logged only while it trains (not as 0).
+  for tag in ("d_loss", "d_real", "d_grad_norm", "g_grad_norm"):
+    assert sorted(scalars[tag]) == list(gan_logs), tag
+  assert sorted(scalars["e_loss"]) == list(encoder_logs)
   assert os.path.exists(os.path.join(workdir, "samples", "step_0000080.png"))
 
   # The checkpoint (with the spectral-norm state) restores for --mode=sample.

@@ -60,3 +60,21 @@ def test_loss_decreases_and_is_logged(smoke_config, tmp_path):
   assert os.path.exists(os.path.join(workdir, "sample", "grid.png"))
   saved = np.load(os.path.join(workdir, "sample", "samples.npy"))
   np.testing.assert_array_equal(saved, images)
+
+
+def test_mean_metrics_average_only_the_steps_that_report_them():
+  history = [{"a": 1.0, "b": 0.0, "skipped": 0.0},
+             {"a": 3.0, "b": 0.0, "skipped": 0.0},
+             {"a": 0.0, "b": 10.0, "skipped": 0.0},
+             {"a": 0.0, "b": 20.0, "skipped": 1.0}]
+  reported = lambda step, name: (name == "a") == (step < 12)  # Steps 10..13.
+  means, _, _ = train._mean_metrics(history, False, 10, reported)
+  assert means == {"a": 2.0, "b": 15.0}
+  means, _, _ = train._mean_metrics(history, True, 10, reported)
+  assert means == {"a": 2.0, "b": 10.0, "skipped": 1.0}
+  # A window in which no step reports 'b': it is not logged at all.
+  means, _, _ = train._mean_metrics(history[:2], False, 10, reported)
+  assert means == {"a": 2.0}
+  # Without `reported`, every metric over every (kept) step, as before.
+  means, _, _ = train._mean_metrics(history, True)
+  assert means == {"a": 4 / 3, "b": 10 / 3, "skipped": 1.0}

@@ -9,6 +9,7 @@ evaluator and one anomaly detector serve them all.
   sample(state, rng, n) -> images [n, H, W, 1] in [-1, 1]
   reconstruct(state, images, rng) -> images       # pseudo-healthy reconstruction
   anomaly_score(state, images, recon) -> optional  # a method's own score (f-AnoGAN)
+  reported(step, name) -> bool   optional           # which metrics a step logs
 
 `batch` is a dict of arrays: image [B, H, W, 1] in [-1, 1], mask, brain
 [B, H, W, 1] in {0, 1}, label [B]. `state` must carry an integer `step`.
@@ -51,6 +52,12 @@ class Method(NamedTuple):
   # Optional: {'pixel': [B,H,W,1], 'slice': [B]} (or one of them) that the
   # anomaly detector uses instead of |x - reconstruct(x)|.
   anomaly_score: Optional[Callable[..., Any]] = None
+  # Optional: reported(step, name) -> bool, whether metric `name` of the
+  # train_step made at (pre-update) `step` means anything. The loop logs
+  # each metric's mean over the steps that report it, and nothing for a
+  # window where none does (e.g. the GAN's D loss once only its encoder
+  # trains). Default: every metric, every step.
+  reported: Optional[Callable[[int, str], bool]] = None
 
 
 def names():

@@ -17,7 +17,10 @@ One loop step (`train_step`) is, by phase:
 so `train.num_steps = gan.gan_steps + gan.encoder_steps` and the generic loop
 needs to know nothing about phases. The phase is chosen by `jnp.where` on
 `state.step`, not `lax.cond` (see `train_step` for why); the idle phase's
-metrics are reported as 0 and `phase` (0 or 1) says which one ran.
+metrics are 0 in `train_step`'s output, `phase` (0 or 1) says which one ran,
+and `Method.reported` tells the loop not to log the idle phase's metrics
+(so the D loss curve ends where the encoder phase starts, instead of
+dropping to 0).
 
 Losses (`gan.loss`): 'nonsaturating', 'hinge', 'wgan_gp' (the WGAN critic
 loss; its gradient penalty is `gan.gp_weight`, which may also be added to the
@@ -402,8 +405,11 @@ def make(config):
     # genjax.anomaly's hook: the slice score becomes f-AnoGAN's A(x).
     return {"slice": anomaly_score(config, state, images, recon)}
 
+  def reported(step, name):
+    return name == "phase" or (name in _GAN_METRICS) == (step < gc.gan_steps)
+
   return Method(init=init, train_step=train_step, sample=sample,
-                reconstruct=reconstruct,
+                reconstruct=reconstruct, reported=reported,
                 anomaly_score=(fanogan_score if config.anomaly.fanogan_score
                                else None))
 
