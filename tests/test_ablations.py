@@ -326,6 +326,53 @@ def test_healthy_bias_against_a_hand_computed_reconstruction(smoke_config):
   assert got["n_lesion_pixels"] == n[0] > 0
   assert got["lesion_error"] == pytest.approx(err[0] / n[0], rel=1e-5)
   assert got["tissue_error"] == pytest.approx(err[1] / n[1], rel=1e-5)
+  # Per subject, by hand, and the pooled ratio from those sums.
+  by_subject = {}
+  for batch in anomaly.eval_batches(config, config.data.eval_split):
+    use = np.asarray(batch["valid"], bool) & (batch["label"] == 1)
+    for image, brain, mask, subject in zip(
+        batch["image"][use], batch["brain"][use], batch["mask"][use],
+        np.asarray(batch["subject"])[use]):
+      e, b = np.abs(image[..., 0]) / 2, brain[..., 0] > 0.5
+      les = b & (mask[..., 0] > 0.5)
+      row = by_subject.setdefault(str(subject), np.zeros(4))
+      row += [e[les].sum(), e[b & ~les].sum(), les.sum(), (b & ~les).sum()]
+  assert got["subjects"] == sorted(by_subject)
+  np.testing.assert_allclose(got["per_subject"],
+                             [by_subject[k] for k in sorted(by_subject)],
+                             rtol=1e-5)
+  ci_ = got["bootstrap"]["lesion_tissue_ratio"]
+  assert ci_["lo"] <= got["lesion_tissue_ratio"] <= ci_["hi"]
+
+
+def test_error_ratio_bootstrap_by_hand():
+  from experiments.ablations import class_imbalance as ci
+  # Two subjects: (lesion sum, tissue sum, lesion n, tissue n).
+  table = [[6.0, 10.0, 3, 20], [2.0, 30.0, 1, 30]]
+  pooled = ci.error_ratio(table)
+  assert pooled["lesion_error"] == 8 / 4 and pooled["tissue_error"] == 40 / 50
+  assert pooled["lesion_tissue_ratio"] == pytest.approx(2.5)
+  # Resamples {0, 0}, {1, 1}, {0, 1}: ratios 4, 2, 2.5 (pooled within one).
+  boot = ci.bootstrap_error_ratio(table, resamples=[[0, 0], [1, 1], [0, 1]],
+                                  level=0.5)
+  assert boot["lesion_tissue_ratio"]["lo"] == pytest.approx(
+      np.percentile([4.0, 2.0, 2.5], 25))
+  assert boot["lesion_tissue_ratio"]["hi"] == pytest.approx(
+      np.percentile([4.0, 2.0, 2.5], 75))
+  # A subject without lesion pixels alone has no lesion error: left out.
+  boot = ci.bootstrap_error_ratio([[0.0, 5.0, 0, 10], [2.0, 4.0, 1, 4]],
+                                  resamples=[[0, 0], [1, 1]])
+  assert boot["lesion_error"] == {"lo": 2.0, "hi": 2.0}
+
+
+@pytest.mark.parametrize("k,n", [(30, 100), (0, 12), (7, 7), (64, 256)])
+def test_wilson_interval_matches_scipy(k, n):
+  import scipy.stats
+  from experiments.ablations import class_imbalance as ci
+  ref = scipy.stats.binomtest(k, n).proportion_ci(method="wilson")
+  lo, hi = ci.wilson_interval(k / n, n)
+  assert lo == pytest.approx(ref.low, abs=1e-7)
+  assert hi == pytest.approx(ref.high, abs=1e-7)
 
 
 def test_model_evaluations_follow_the_samplers_step_density():

@@ -78,9 +78,13 @@ BACKGROUND = -0.9  # Images are in [-1, 1]; background is -1.
 EROSION = 2
 
 COLUMNS = ("remedy", "step", "lesion_error", "tissue_error",
-           "lesion_tissue_ratio", "ssim", "ssim_brain", "psnr", "auprc",
-           "auroc", "dice_at_threshold", "dice_best", "lesion_like_fraction",
+           "lesion_tissue_ratio", "lesion_tissue_ratio_lo",
+           "lesion_tissue_ratio_hi", "ssim", "ssim_brain", "psnr", "auprc",
+           "auprc_lo", "auprc_hi", "auroc", "dice_at_threshold", "dice_best",
+           "lesion_like_fraction", "lesion_like_lo", "lesion_like_hi",
            "n_samples")
+# The bias measure's format; bump to recompute caches of an older one.
+_BIAS_VERSION = 2
 
 
 # --- The lesion-like measure --------------------------------------------------
@@ -170,8 +174,7 @@ def healthy_bias(config, method, state):
   mesh = parallel.make_mesh()
   recon_fn = jax.jit(method.reconstruct)
   rng = jax.random.fold_in(jax.random.key(config.seed), 4_000_037)
-  sums = np.zeros(2)  # lesion, tissue
-  counts = np.zeros(2, np.int64)
+  per_subject = {}  # subject -> [lesion sum, tissue sum, lesion n, tissue n]
   n_slices = 0
   for i, batch in enumerate(anomaly.eval_batches(config,
                                                  config.data.eval_split)):
@@ -185,17 +188,72 @@ def healthy_bias(config, method, state):
     brain = batch["brain"][use][..., 0] > 0.5
     lesion = (batch["mask"][use][..., 0] > 0.5) & brain
     tissue = brain & ~lesion
-    sums += [error[lesion].sum(), error[tissue].sum()]
-    counts += [lesion.sum(), tissue.sum()]
+    for j, subject in enumerate(np.asarray(batch["subject"])[use]):
+      row = per_subject.setdefault(str(subject), [0.0, 0.0, 0, 0])
+      row[0] += float(error[j][lesion[j]].sum())
+      row[1] += float(error[j][tissue[j]].sum())
+      row[2] += int(lesion[j].sum())
+      row[3] += int(tissue[j].sum())
     n_slices += int(use.sum())
-  lesion_error = float(sums[0] / counts[0]) if counts[0] else None
-  tissue_error = float(sums[1] / counts[1]) if counts[1] else None
-  return {"lesion_error": lesion_error, "tissue_error": tissue_error,
-          "lesion_tissue_ratio": (lesion_error / tissue_error
-                                  if lesion_error is not None and tissue_error
-                                  else None),
-          "n_lesion_slices": n_slices, "n_lesion_pixels": int(counts[0]),
-          "n_tissue_pixels": int(counts[1])}
+  subjects = sorted(per_subject)
+  table = np.array([per_subject[k] for k in subjects],
+                   np.float64).reshape(-1, 4)
+  return {**error_ratio(table), "n_lesion_slices": n_slices,
+          "n_lesion_pixels": int(table[:, 2].sum()),
+          "n_tissue_pixels": int(table[:, 3].sum()),
+          "subjects": subjects, "per_subject": table.tolist(),
+          "bootstrap": bootstrap_error_ratio(table)}
+
+
+def error_ratio(table):
+  """Pooled errors of [S, 4] per-subject (lesion sum, tissue sum, lesion n,
+  tissue n): lesion_error, tissue_error and their ratio (None if empty)."""
+  sums = np.asarray(table, np.float64).reshape(-1, 4).sum(0)
+  lesion = float(sums[0] / sums[2]) if sums[2] else None
+  tissue = float(sums[1] / sums[3]) if sums[3] else None
+  return {"lesion_error": lesion, "tissue_error": tissue,
+          "lesion_tissue_ratio": (lesion / tissue if lesion is not None
+                                  and tissue else None)}
+
+
+def bootstrap_error_ratio(table, num_resamples=1000, seed=0, level=0.95,
+                          resamples=None):
+  """Percentile bootstrap of `error_ratio` over subjects.
+
+  Subjects are drawn with replacement (their pixels stay together: they are
+  not independent), as for the detector's metrics
+  (`common.bootstrap_subjects`).
+
+  Returns:
+    {metric: {"lo", "hi"}} (None without subjects).
+  """
+  table = np.asarray(table, np.float64).reshape(-1, 4)
+  n = len(table)
+  keys = ("lesion_error", "tissue_error", "lesion_tissue_ratio")
+  if not n:
+    return {k: {"lo": None, "hi": None} for k in keys}
+  if resamples is None:
+    resamples = np.random.default_rng(seed).integers(
+        0, n, size=(num_resamples, n))
+  draws = {k: [] for k in keys}
+  for rows in np.asarray(resamples, np.int64):
+    for k, v in error_ratio(table[rows]).items():
+      if v is not None:
+        draws[k].append(v)
+  tail = 100 * (1 - level) / 2
+  return {k: ({"lo": float(np.percentile(v, tail)),
+               "hi": float(np.percentile(v, 100 - tail))} if v
+              else {"lo": None, "hi": None}) for k, v in draws.items()}
+
+
+def wilson_interval(fraction, n, z=1.959964):
+  """The Wilson score interval of a binomial proportion (95% by default)."""
+  if fraction is None or not n:
+    return None, None
+  centre = (fraction + z * z / (2 * n)) / (1 + z * z / n)
+  half = (z / (1 + z * z / n)) * np.sqrt(
+      fraction * (1 - fraction) / n + z * z / (4 * n * n))
+  return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
 def draw_samples(config, method, state, n):
@@ -266,7 +324,8 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
     step = int(jax.device_get(state.step))
     base_key = {"step": step, "config": common.relevant(config)}
     bias = cached(os.path.join(run_dir, "imbalance", "healthy_bias.json"),
-                  base_key, lambda: healthy_bias(config, method, state),
+                  {**base_key, "version": _BIAS_VERSION},
+                  lambda: healthy_bias(config, method, state),
                   computed, force)
     n = num_samples or config.eval.num_samples
 
@@ -279,14 +338,23 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
         {**base_key, "n": n, "threshold": reference["threshold"],
          "min_pixels": min_pixels}, like, computed, force)
     recon = ev["reconstruction"][config.data.eval_split]
+    auprc = common.bootstrap_subjects(anomaly.load_subject_histograms(
+        os.path.join(run_dir, "detect", det["subject_histograms"])))["auprc"]
+    like_lo, like_hi = wilson_interval(lesion_like["fraction"],
+                                       lesion_like["n_samples"])
+    ratio_ci = bias["bootstrap"]["lesion_tissue_ratio"]
     rows.append({"remedy": name, "step": step, **{
         k: bias[k] for k in ("lesion_error", "tissue_error",
                              "lesion_tissue_ratio")},
+                 "lesion_tissue_ratio_lo": ratio_ci["lo"],
+                 "lesion_tissue_ratio_hi": ratio_ci["hi"],
                  **{k: recon.get(k) for k in ("ssim", "ssim_brain", "psnr")},
                  **{k: det.get(k) for k in ("auprc", "auroc",
                                             "dice_at_threshold",
                                             "dice_best")},
+                 "auprc_lo": auprc["lo"], "auprc_hi": auprc["hi"],
                  "lesion_like_fraction": lesion_like["fraction"],
+                 "lesion_like_lo": like_lo, "lesion_like_hi": like_hi,
                  "n_samples": lesion_like["n_samples"]})
     results[name] = {"dir": run_dir, "detect": det}
 
@@ -321,7 +389,18 @@ def plot_bars(rows, reference, path):
   fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6))
   for ax, (key, title) in zip(axes, panels):
     values = [np.nan if r[key] is None else r[key] for r in rows]
-    ax.bar(range(len(rows)), values, color="tab:blue")
+    bounds = {"lesion_tissue_ratio": "lesion_tissue_ratio",
+              "auprc": "auprc", "lesion_like_fraction": "lesion_like"}
+    yerr = None
+    if key in bounds:  # 95% intervals (subject bootstrap / Wilson).
+      lo = [r.get(bounds[key] + "_lo") for r in rows]
+      hi = [r.get(bounds[key] + "_hi") for r in rows]
+      yerr = np.array([[v - l if None not in (v, l) else 0 for v, l in
+                        zip(values, lo)],
+                       [h - v if None not in (v, h) else 0 for v, h in
+                        zip(values, hi)]], np.float64)
+    ax.bar(range(len(rows)), values, color="tab:blue", yerr=yerr,
+           capsize=3 if yerr is not None else 0)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -370,6 +449,27 @@ def reconstruction_figure(results, path):
   return path
 
 
+def display_table(rows):
+  """The markdown table of the main columns, intervals in brackets."""
+  w = common.with_interval
+  lines = ["| remedy | lesion error | tissue error | lesion/tissue "
+           "[95%] | SSIM | PSNR | AUPRC [95%] | Dice@thr | lesion-like "
+           "samples [95%] |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    ratio = w(r["lesion_tissue_ratio"], r["lesion_tissue_ratio_lo"],
+              r["lesion_tissue_ratio_hi"], 2)
+    auprc = w(r["auprc"], r["auprc_lo"], r["auprc_hi"], 3)
+    like = w(r["lesion_like_fraction"], r["lesion_like_lo"],
+             r["lesion_like_hi"], 2)
+    cells = [r["remedy"], common.fmt(r["lesion_error"], 3),
+             common.fmt(r["tissue_error"], 3), ratio,
+             common.fmt(r["ssim"], 3), common.fmt(r["psnr"], 1), auprc,
+             common.fmt(r["dice_at_threshold"], 3),
+             f"{like} (n={r['n_samples']})"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
 def write_markdown(path, rows, reference, configs, command, outputs):
   ref = reference
   lines = [
@@ -380,7 +480,11 @@ def write_markdown(path, rows, reference, configs, command, outputs):
       "with the remedy's overrides:", "",
       "| remedy | overrides |", "|---|---|",
       *[f"| {r} | {' '.join(REMEDIES[r]) or '(none)'} |" for r in configs],
-      "", common.markdown_table(rows, list(COLUMNS)), "",
+      "", *display_table(rows), "",
+      "Intervals: 95%; lesion/tissue ratio and AUPRC by a percentile "
+      "bootstrap over test subjects (1000 resamples), lesion-like "
+      "fraction by Wilson's interval over the samples. All columns, "
+      "unrounded: imbalance.csv.", "",
       "- lesion_error / tissue_error: mean |x − reconstruct(x)| over lesion "
       "pixels / over the healthy brain pixels of the same test lesion "
       "slices; lesion_tissue_ratio = their ratio (high: lesions are "
