@@ -419,3 +419,43 @@ def test_cached_outputs_from_before_a_new_field_are_reused_at_its_default():
   # A field removed from genjax since still counts.
   saved["diffusion.old_field"] = 1
   assert "diffusion.old_field" in common.config_differences(saved, config)
+
+
+def test_paired_difference_against_baseline_by_hand():
+  from experiments.ablations import class_imbalance as ci
+  # Per-subject (lesion sum, tissue sum, lesion n, tissue n), 2 subjects.
+  base = [[6.0, 10.0, 3, 20], [2.0, 30.0, 1, 30]]     # Ratio 2.5.
+  remedy = [[3.0, 10.0, 3, 20], [2.0, 30.0, 1, 30]]   # Ratio 1.5625.
+  plan = [[0, 0], [1, 1], [0, 1]]
+  d = common.paired_difference(ci.ratio_draws(remedy, plan),
+                               ci.ratio_draws(base, plan), 1.5625, 2.5,
+                               level=0.5)
+  # Resample-wise differences: {0,0}: 2-4, {1,1}: 2-2, {0,1}: 1.5625-2.5.
+  diffs = [-2.0, 0.0, -0.9375]
+  assert d["value"] == pytest.approx(-0.9375)
+  assert d["lo"] == pytest.approx(np.percentile(diffs, 25))
+  assert d["hi"] == pytest.approx(np.percentile(diffs, 75))
+  assert d["n_valid"] == 3
+
+
+def test_versus_baseline_of_identical_runs_is_exactly_zero():
+  from experiments.ablations import class_imbalance as ci
+  rng = np.random.default_rng(0)
+  hist = {"subjects": ["a", "b", "c"], "pos": rng.integers(0, 5, (3, 16)),
+          "neg": rng.integers(0, 50, (3, 16)), "low": 0.0, "high": 1.0,
+          "threshold": None}
+  bias = {"subjects": ["a", "b", "c"], "lesion_tissue_ratio": 2.0,
+          "per_subject": [[2.0, 1.0, 1, 1], [4.0, 2.0, 2, 2],
+                          [1.0, 1.0, 1, 2]]}
+  bias["lesion_tissue_ratio"] = ci.error_ratio(
+      bias["per_subject"])["lesion_tissue_ratio"]
+  out = ci.versus_baseline({"baseline": {"bias": bias, "hist": hist},
+                            "same": {"bias": bias, "hist": hist}},
+                           num_resamples=50)
+  for key in ("lesion_tissue_ratio", "auprc"):
+    assert out["same"][key]["value"] == 0.0
+    assert out["same"][key]["lo"] == out["same"][key]["hi"] == 0.0
+  other = dict(bias, subjects=["a", "b", "x"])
+  with pytest.raises(ValueError, match="different test subjects"):
+    ci.versus_baseline({"baseline": {"bias": bias, "hist": hist},
+                        "other": {"bias": other, "hist": hist}})

@@ -82,7 +82,8 @@ COLUMNS = ("remedy", "step", "lesion_error", "tissue_error",
            "lesion_tissue_ratio_hi", "ssim", "ssim_brain", "psnr", "auprc",
            "auprc_lo", "auprc_hi", "auroc", "dice_at_threshold", "dice_best",
            "lesion_like_fraction", "lesion_like_lo", "lesion_like_hi",
-           "n_samples")
+           "n_samples", "d_ratio", "d_ratio_lo", "d_ratio_hi", "d_auprc",
+           "d_auprc_lo", "d_auprc_hi")
 # The bias measure's format; bump to recompute caches of an older one.
 _BIAS_VERSION = 2
 
@@ -246,6 +247,58 @@ def bootstrap_error_ratio(table, num_resamples=1000, seed=0, level=0.95,
               else {"lo": None, "hi": None}) for k, v in draws.items()}
 
 
+def ratio_draws(table, resamples):
+  """lesion_tissue_ratio of `error_ratio` on each resample of subjects."""
+  table = np.asarray(table, np.float64).reshape(-1, 4)
+  return [error_ratio(table[rows])["lesion_tissue_ratio"]
+          for rows in resamples]
+
+
+def versus_baseline(runs, baseline="baseline", num_resamples=1000, seed=0):
+  """Each remedy minus the baseline, paired over the same test subjects.
+
+  The remedies are measured on the same subjects, so their intervals
+  overlap even where every resample moves the same way; a paired bootstrap
+  (one resample plan for all runs) gives the interval of the difference.
+
+  Args:
+    runs: {remedy: {"bias": healthy_bias(...), "hist": the detector's
+      subject histograms}}, `baseline` among them.
+
+  Returns:
+    {remedy: {"lesion_tissue_ratio": paired difference, "auprc": ...}};
+    {} without a baseline run.
+  """
+  if baseline not in runs:
+    return {}
+  base = runs[baseline]
+  subjects = base["bias"]["subjects"]
+  hist_subjects = base["hist"]["subjects"]
+  plan = common.subject_resamples(len(subjects), num_resamples, seed)
+  hist_plan = common.subject_resamples(len(hist_subjects), num_resamples, seed)
+  base_ratio = ratio_draws(base["bias"]["per_subject"], plan)
+  base_auprc = common.metric_draws(base["hist"], "auprc", hist_plan)
+  base_point = common.histogram_metrics(
+      anomaly.pooled_histogram(base["hist"]), None)["auprc"]
+  out = {}
+  for name, run_ in runs.items():
+    if (run_["bias"]["subjects"] != subjects
+        or run_["hist"]["subjects"] != hist_subjects):
+      raise ValueError(f"{name} and {baseline} were measured on different "
+                       "test subjects; they cannot be paired.")
+    point = common.histogram_metrics(anomaly.pooled_histogram(run_["hist"]),
+                                     None)["auprc"]
+    out[name] = {
+        "lesion_tissue_ratio": common.paired_difference(
+            ratio_draws(run_["bias"]["per_subject"], plan), base_ratio,
+            run_["bias"]["lesion_tissue_ratio"],
+            base["bias"]["lesion_tissue_ratio"]),
+        "auprc": common.paired_difference(
+            common.metric_draws(run_["hist"], "auprc", hist_plan),
+            base_auprc, point, base_point)}
+  return out
+
+
 def wilson_interval(fraction, n, z=1.959964):
   """The Wilson score interval of a binomial proportion (95% by default)."""
   if fraction is None or not n:
@@ -310,7 +363,7 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
   """
   first = next(iter(configs.values()))
   min_pixels = min_pixels or default_min_pixels(first.data.image_size)
-  computed, rows, results = [], [], {}
+  computed, rows, results, paired = [], [], {}, {}
   data_key = {k: v for k, v in common.relevant(first).items()
               if k.startswith("data.") and k != "data.train_split"}
   reference = cached(
@@ -338,8 +391,10 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
         {**base_key, "n": n, "threshold": reference["threshold"],
          "min_pixels": min_pixels}, like, computed, force)
     recon = ev["reconstruction"][config.data.eval_split]
-    auprc = common.bootstrap_subjects(anomaly.load_subject_histograms(
-        os.path.join(run_dir, "detect", det["subject_histograms"])))["auprc"]
+    hist = anomaly.load_subject_histograms(
+        os.path.join(run_dir, "detect", det["subject_histograms"]))
+    auprc = common.bootstrap_subjects(hist)["auprc"]
+    paired[name] = {"bias": bias, "hist": hist}
     like_lo, like_hi = wilson_interval(lesion_like["fraction"],
                                        lesion_like["n_samples"])
     ratio_ci = bias["bootstrap"]["lesion_tissue_ratio"]
@@ -357,6 +412,13 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
                  "lesion_like_lo": like_lo, "lesion_like_hi": like_hi,
                  "n_samples": lesion_like["n_samples"]})
     results[name] = {"dir": run_dir, "detect": det}
+  differences = versus_baseline(paired)
+  for row in rows:
+    for key, short in (("lesion_tissue_ratio", "d_ratio"),
+                       ("auprc", "d_auprc")):
+      d = differences.get(row["remedy"], {}).get(key, {})
+      row.update({short: d.get("value"), short + "_lo": d.get("lo"),
+                  short + "_hi": d.get("hi")})
 
   outputs = {
       "csv": common.write_csv(os.path.join(workdir, "imbalance.csv"), rows,
@@ -453,17 +515,23 @@ def display_table(rows):
   """The markdown table of the main columns, intervals in brackets."""
   w = common.with_interval
   lines = ["| remedy | lesion error | tissue error | lesion/tissue "
-           "[95%] | SSIM | PSNR | AUPRC [95%] | Dice@thr | lesion-like "
-           "samples [95%] |", "|---|---|---|---|---|---|---|---|---|"]
+           "[95%] | Δ vs baseline [95%, paired] | SSIM | PSNR | AUPRC [95%] "
+           "| Δ vs baseline [95%, paired] | Dice@thr | lesion-like "
+           "samples [95%] |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     ratio = w(r["lesion_tissue_ratio"], r["lesion_tissue_ratio_lo"],
               r["lesion_tissue_ratio_hi"], 2)
     auprc = w(r["auprc"], r["auprc_lo"], r["auprc_hi"], 3)
     like = w(r["lesion_like_fraction"], r["lesion_like_lo"],
              r["lesion_like_hi"], 2)
+    d_ratio = w(r.get("d_ratio"), r.get("d_ratio_lo"), r.get("d_ratio_hi"),
+                2)
+    d_auprc = w(r.get("d_auprc"), r.get("d_auprc_lo"), r.get("d_auprc_hi"),
+                3)
     cells = [r["remedy"], common.fmt(r["lesion_error"], 3),
-             common.fmt(r["tissue_error"], 3), ratio,
+             common.fmt(r["tissue_error"], 3), ratio, d_ratio,
              common.fmt(r["ssim"], 3), common.fmt(r["psnr"], 1), auprc,
+             d_auprc,
              common.fmt(r["dice_at_threshold"], 3),
              f"{like} (n={r['n_samples']})"]
     lines.append("| " + " | ".join(cells) + " |")
@@ -483,8 +551,10 @@ def write_markdown(path, rows, reference, configs, command, outputs):
       "", *display_table(rows), "",
       "Intervals: 95%; lesion/tissue ratio and AUPRC by a percentile "
       "bootstrap over test subjects (1000 resamples), lesion-like "
-      "fraction by Wilson's interval over the samples. All columns, "
-      "unrounded: imbalance.csv.", "",
+      "fraction by Wilson's interval over the samples. Δ: the remedy minus "
+      "the baseline, with the interval of a paired bootstrap (the same "
+      "subject resamples for both runs), since all runs are measured on "
+      "the same subjects. All columns, unrounded: imbalance.csv.", "",
       "- lesion_error / tissue_error: mean |x − reconstruct(x)| over lesion "
       "pixels / over the healthy brain pixels of the same test lesion "
       "slices; lesion_tissue_ratio = their ratio (high: lesions are "

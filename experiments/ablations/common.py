@@ -335,6 +335,40 @@ def bootstrap_subjects(data, num_resamples=1000, seed=0, level=0.95,
   return out
 
 
+def paired_difference(draws, base_draws, value, base_value, level=0.95):
+  """value - base_value with a percentile interval of paired draws.
+
+  Args:
+    draws, base_draws: [R] bootstrap draws of the two quantities made on the
+      SAME resamples of the same subjects (None where undefined).
+    value, base_value: the full-data values.
+
+  Returns:
+    {"value", "lo", "hi", "n_valid"} (lo/hi None without a valid pair).
+  """
+  diffs = np.asarray([a - b for a, b in zip(draws, base_draws)
+                      if a is not None and b is not None], np.float64)
+  tail = 100 * (1 - level) / 2
+  point = (None if value is None or base_value is None
+           else float(value - base_value))
+  if not len(diffs):
+    return {"value": point, "lo": None, "hi": None, "n_valid": 0}
+  return {"value": point, "lo": float(np.percentile(diffs, tail)),
+          "hi": float(np.percentile(diffs, 100 - tail)),
+          "n_valid": int(len(diffs))}
+
+
+def subject_resamples(n, num_resamples=1000, seed=0):
+  """[R, n] subject indices drawn with replacement (one bootstrap plan)."""
+  return np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
+
+
+def metric_draws(data, metric, resamples):
+  """The detector's `metric` on each resample of `data`'s subjects."""
+  return [histogram_metrics(anomaly.pooled_histogram(data, rows),
+                            data["threshold"])[metric] for rows in resamples]
+
+
 # --- Tables -------------------------------------------------------------------
 
 
