@@ -125,3 +125,17 @@ def test_auprc_comparison_on_slices_of_the_splits(smoke_config, tmp_path):
   with pytest.raises(ValueError, match="give two splits"):
     benchmark.detect_auprc(bench_config, workdir, 500, str(tmp_path / "x"),
                            splits=["test[:50%]"])
+
+
+def test_step_breakdown_probes_at_smoke_size():
+  from experiments import step_breakdown  # pylint: disable=g-import-not-at-top
+  from genjax.nn import norm, vae as vae_nn  # pylint: disable=g-import-not-at-top
+  unet = step_breakdown.unet_probe("smoke", 2, 1)
+  assert set(unet) == {"forward", "grad_params", "grad_input", "grad_both"}
+  assert all(v > 0 for v in unet.values())
+  convs = step_breakdown.conv_probe("smoke", 2, 1)
+  config = benchmark.build_config("ddpm", "smoke")
+  assert len(convs) == len(config.model.channel_mult)
+  gn = step_breakdown.groupnorm_probe("smoke", 2, 1)
+  assert set(gn) == {"vae", "gan"} and gn["vae"]["speedup"] > 0
+  assert vae_nn.GroupNorm is norm.GroupNorm  # The A/B restored the module.
