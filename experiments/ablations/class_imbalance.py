@@ -229,22 +229,18 @@ def bootstrap_error_ratio(table, num_resamples=1000, seed=0, level=0.95,
     {metric: {"lo", "hi"}} (None without subjects).
   """
   table = np.asarray(table, np.float64).reshape(-1, 4)
-  n = len(table)
   keys = ("lesion_error", "tissue_error", "lesion_tissue_ratio")
-  if not n:
+  if not len(table):
     return {k: {"lo": None, "hi": None} for k in keys}
   if resamples is None:
-    resamples = np.random.default_rng(seed).integers(
-        0, n, size=(num_resamples, n))
-  draws = {k: [] for k in keys}
-  for rows in np.asarray(resamples, np.int64):
-    for k, v in error_ratio(table[rows]).items():
-      if v is not None:
-        draws[k].append(v)
-  tail = 100 * (1 - level) / 2
-  return {k: ({"lo": float(np.percentile(v, tail)),
-               "hi": float(np.percentile(v, 100 - tail))} if v
-              else {"lo": None, "hi": None}) for k, v in draws.items()}
+    resamples = common.subject_resamples(len(table), num_resamples, seed)
+  draws = [error_ratio(table[rows]) for rows in np.asarray(resamples, np.int64)]
+  out = {}
+  for k in keys:
+    interval = common.percentile_interval(
+        [d[k] for d in draws if d[k] is not None], level)
+    out[k] = {"lo": interval["lo"], "hi": interval["hi"]}
+  return out
 
 
 def ratio_draws(table, resamples):

@@ -313,8 +313,7 @@ def bootstrap_subjects(data, num_resamples=1000, seed=0, level=0.95,
   """
   n = len(data["subjects"])
   if resamples is None:
-    resamples = np.random.default_rng(seed).integers(
-        0, n, size=(num_resamples, n))
+    resamples = subject_resamples(n, num_resamples, seed)
   resamples = np.asarray(resamples, np.int64)
   point = histogram_metrics(anomaly.pooled_histogram(data),
                             data["threshold"])
@@ -324,15 +323,8 @@ def bootstrap_subjects(data, num_resamples=1000, seed=0, level=0.95,
                                   data["threshold"]).items():
       if v is not None:
         values[k].append(v)
-  tail = 100 * (1 - level) / 2
-  out = {}
-  for k, v in point.items():
-    draws = np.asarray(values[k], np.float64)
-    lo, hi = ((float(np.percentile(draws, tail)),
-               float(np.percentile(draws, 100 - tail))) if len(draws)
-              else (None, None))
-    out[k] = {"value": v, "lo": lo, "hi": hi, "n_valid": int(len(draws))}
-  return out
+  return {k: {"value": v, **percentile_interval(values[k], level)}
+          for k, v in point.items()}
 
 
 def paired_difference(draws, base_draws, value, base_value, level=0.95):
@@ -346,16 +338,23 @@ def paired_difference(draws, base_draws, value, base_value, level=0.95):
   Returns:
     {"value", "lo", "hi", "n_valid"} (lo/hi None without a valid pair).
   """
-  diffs = np.asarray([a - b for a, b in zip(draws, base_draws)
-                      if a is not None and b is not None], np.float64)
-  tail = 100 * (1 - level) / 2
+  diffs = [a - b for a, b in zip(draws, base_draws)
+           if a is not None and b is not None]
   point = (None if value is None or base_value is None
            else float(value - base_value))
-  if not len(diffs):
-    return {"value": point, "lo": None, "hi": None, "n_valid": 0}
-  return {"value": point, "lo": float(np.percentile(diffs, tail)),
-          "hi": float(np.percentile(diffs, 100 - tail)),
-          "n_valid": int(len(diffs))}
+  return {"value": point, **percentile_interval(diffs, level)}
+
+
+def percentile_interval(draws, level=0.95):
+  """{"lo", "hi", "n_valid"}: the central percentile interval of bootstrap
+  draws (lo/hi None when there are none)."""
+  draws = np.asarray(draws, np.float64)
+  if not len(draws):
+    return {"lo": None, "hi": None, "n_valid": 0}
+  tail = 100 * (1 - level) / 2
+  return {"lo": float(np.percentile(draws, tail)),
+          "hi": float(np.percentile(draws, 100 - tail)),
+          "n_valid": int(len(draws))}
 
 
 def subject_resamples(n, num_resamples=1000, seed=0):
