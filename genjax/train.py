@@ -301,8 +301,10 @@ def _make_train_step(method, config, mesh):
     new_state, metrics = method.train_step(state, batch, step_rng)
     if skip:
       ok = optim.tree_is_finite(metrics) & optim.tree_is_finite(new_state)
-      new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state,
-                               state)
+      # A cond, not a per-leaf jnp.where: with `where`, XLA on CPU fuses the
+      # finiteness reductions into every parameter's update and compiles the
+      # smoke DDPM's step in 155 s instead of 12 s (same runtime either way).
+      new_state = jax.lax.cond(ok, lambda: new_state, lambda: state)
       metrics = dict(metrics, skipped=(~ok).astype(jnp.float32))
     return new_state, metrics
   rep = parallel.replicated(mesh)
