@@ -85,6 +85,9 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None,
 _SAMPLE_STEPS = flags.DEFINE_integer(
     "sample_steps", 50, "Model evaluations of each timed DDPM sampling run "
     "(ancestral and DDIM); images/s are at this many evaluations.")
+_DDIM_ETA = flags.DEFINE_float(
+    "ddim_eta", 0.0, "Noise scale of the DDIM detector: 0 deterministic, 1 "
+    "the respaced ancestral posterior's variance.")
 _DDIM_STRIDE = flags.DEFINE_integer(
     "ddim_stride", 10, "Timestep stride of the DDIM detector (ancestral "
     "uses every step from t to 0).")
@@ -286,16 +289,18 @@ def _reconstruct_fn(config, state, images):
   return (lambda: _block(compiled(state, images, jax.random.key(5)))), compile_s
 
 
-def detect_configs(config, ddim_stride):
+def detect_configs(config, ddim_stride, ddim_eta=0.0):
   """{'ancestral': config, 'ddim': config} for reconstruction at the config's t.
 
   Ancestral evaluates the model at every index from t-1 to 0; DDIM at every
-  `ddim_stride`-th (num_steps is a full-run count that samplers scale by t/T).
+  `ddim_stride`-th (num_steps is a full-run count that samplers scale by t/T),
+  with noise scale `ddim_eta` (0 deterministic, 1 the respaced ancestral
+  posterior's variance).
   """
   t_total = config.diffusion.num_timesteps
   return {
       "ancestral": _with(config, "anomaly", sampler="ddpm", num_steps=None),
-      "ddim": _with(config, "anomaly", sampler="ddim", eta=0.0,
+      "ddim": _with(config, "anomaly", sampler="ddim", eta=ddim_eta,
                     num_steps=max(1, t_total // ddim_stride)),
   }
 
@@ -451,7 +456,8 @@ def _rate(n, timing):
 
 def bench_method(name, variant, *, image_size=None, batch_size=None,
                  data_dir=None, repeats=5, skip_monai=False, sample_steps=50,
-                 ddim_stride=10, pipeline_batches=20, workdir=None,
+                 ddim_stride=10, ddim_eta=0.0, pipeline_batches=20,
+                 workdir=None,
                  detect_splits=None,
                  peak_flops=None, mesh=None, detect_batch=None, out_dir=None):
   """All measurements of one method; returns a JSON-able dict."""
@@ -533,7 +539,7 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
     db = detect_batch or config.eval.batch_size
     images = random_batch(config, jax.random.key(6), db)["image"]
     out["detect"] = {"noise_level": config.anomaly.noise_level, "batch": db}
-    for kind, cfg in detect_configs(config, ddim_stride).items():
+    for kind, cfg in detect_configs(config, ddim_stride, ddim_eta).items():
       fn, compile_s = _reconstruct_fn(cfg, state, images)
       t = time_calls({kind: fn}, repeats)[kind]
       out["detect"][kind] = {
@@ -541,10 +547,12 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
           "compile_s": compile_s,
           "model_evaluations": model_evaluations(cfg, "anomaly")}
     out["detect"]["ddim_stride"] = ddim_stride
+    out["detect"]["ddim_eta"] = ddim_eta
     out["detect"]["speedup"] = (out["detect"]["ddim"]["slices_per_s"]
                                 / out["detect"]["ancestral"]["slices_per_s"])
     out["detect"]["auprc"] = detect_auprc(config, workdir, ddim_stride,
-                                          out_dir, splits=detect_splits)
+                                          out_dir, splits=detect_splits,
+                                          ddim_eta=ddim_eta)
   else:
     state = init_state(methods.get(config), config, mesh)
     n = config.sample.num_samples if "sample" in config else b
@@ -582,7 +590,8 @@ def workdir_config(workdir, data_dir=None):
   return config
 
 
-def detect_auprc(config, workdir, ddim_stride, out_dir=None, splits=None):
+def detect_auprc(config, workdir, ddim_stride, out_dir=None, splits=None,
+                 ddim_eta=0.0):
   """Pixel and slice AUPRC of genjax.anomaly.detect, ancestral vs DDIM, at
   the benchmark config's noise level, on the trained run in `workdir`.
 
@@ -599,7 +608,7 @@ def detect_auprc(config, workdir, ddim_stride, out_dir=None, splits=None):
                        "splits, the test one and the validation one.")
     cfg.data.eval_split, cfg.data.val_split = splits
   result = {"eval_split": cfg.data.eval_split, "val_split": cfg.data.val_split}
-  for kind, c in detect_configs(cfg, ddim_stride).items():
+  for kind, c in detect_configs(cfg, ddim_stride, ddim_eta).items():
     method, state = train_lib.load_state(c, workdir)
     t0 = time.perf_counter()
     m = anomaly.detect(c, method, state,
@@ -630,7 +639,9 @@ def targets(r):
                ratio >= 10))
   if "detect" in r:
     d = r["detect"]
-    rows.append((f"detection DDIM (stride {d['ddim_stride']}) / ancestral "
+    eta = d.get("ddim_eta", 0.0)
+    rows.append((f"detection DDIM (stride {d['ddim_stride']}, eta {eta:g}) / "
+                 f"ancestral "
                  f"speed at t={d['noise_level']}", d["speedup"], "≥ 10",
                  d["speedup"] >= 10))
     if "auprc_difference" in d["auprc"]:
@@ -826,7 +837,7 @@ def main(argv):
                image_size=_IMAGE_SIZE.value, batch_size=_BATCH_SIZE.value,
                data_dir=_DATA_DIR.value, skip_monai=_SKIP_MONAI.value,
                sample_steps=_SAMPLE_STEPS.value,
-               ddim_stride=_DDIM_STRIDE.value,
+               ddim_stride=_DDIM_STRIDE.value, ddim_eta=_DDIM_ETA.value,
                pipeline_batches=_PIPELINE_BATCHES.value,
                detect_batch=_DETECT_BATCH.value, workdir=_WORKDIR.value,
                detect_splits=_DETECT_SPLITS.value)

@@ -13,14 +13,23 @@ then interleaved calls, medians):
              and forward + backward when torch is installed.
   groupnorm  the VAE's and GAN's train steps with flax.linen.GroupNorm and with
              genjax.nn.norm.GroupNorm, compiled in one process (A/B).
+  profile    the benchmark's DDPM train step (Adam included) under
+             jax.profiler.trace: the time of every compiled XLA op, read back
+             with jax.profiler.ProfileData, grouped by kind (conv forward,
+             conv input gradient, conv weight gradient, transposes/copies,
+             reductions, matmuls, elementwise fusions) with the largest ops.
+             --profile_dir keeps the trace for TensorBoard/XProf.
 
 XLA options are compared by running the benchmark itself under each, e.g.
 `XLA_FLAGS=--xla_cpu_use_onednn=true python -m experiments.benchmark
 --method=ddpm --skip_monai --single_thread`.
 """
 
+import collections
 import json
+import re
 import statistics
+import tempfile
 import time
 
 from absl import app
@@ -37,7 +46,11 @@ from genjax.nn import norm
 from genjax.nn import vae as vae_nn
 
 _PROBES = flags.DEFINE_list("probes", ["unet", "convs", "groupnorm"],
-                            "Which probes to run.")
+                            "Which probes to run (also: profile).")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "profile probe: keep the jax.profiler trace here "
+    "(default: a temporary directory, deleted).")
+_TOP = flags.DEFINE_integer("top", 12, "profile probe: largest ops listed.")
 # --config, --batch_size (default 16 here), --repeats and --single_thread are
 # experiments.benchmark's flags (imported above), with the same meaning.
 
@@ -131,8 +144,183 @@ def groupnorm_probe(variant, batch, repeats):
   return out
 
 
+# --- Per-op profile -----------------------------------------------------------
+
+# Op kinds, in the order the profile prints them.
+KINDS = ("conv forward", "conv input gradient", "conv weight gradient",
+         "transpose/copy", "reduction", "matmul", "elementwise", "other")
+# A weight gradient is a convolution whose window is the activation itself; no
+# genjax network has kernels wider than this, nor activations narrower.
+_MAX_KERNEL = 7
+
+
+def _computations(hlo):
+  """{computation name: its instruction lines} of an HLO module's text."""
+  comps, current = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"^(?:ENTRY )?%(\S+) ", line)
+    if head:
+      current = comps.setdefault(head.group(1), [])
+    elif current is not None and line.strip() not in ("", "}"):
+      current.append(line)
+  return comps
+
+
+def _conv_kind(line):
+  window = re.search(r"window=\{size=(\d+)x(\d+)", line)
+  if window and max(int(window.group(1)), int(window.group(2))) > _MAX_KERNEL:
+    return "conv weight gradient"
+  if "transpose(" in line:  # Metadata op_name of the backward pass.
+    return "conv input gradient"
+  return "conv forward"
+
+
+def op_kinds(hlo):
+  """{instruction name: kind (one of KINDS)} for a compiled module's text.
+
+  A fusion's kind is that of the heaviest op it calls (convolution > matmul
+  > reduction > transpose/copy > elementwise); custom fusions (XNNPACK/
+  YNNPACK) are classified by the convolution or dot they wrap.
+  """
+  comps = _computations(hlo)
+  kinds = {}
+  for lines in comps.values():
+    for line in lines:
+      m = re.match(r"^\s*(?:ROOT )?%(\S+) = \S+ (\S+?)\(", line)
+      if not m:
+        continue
+      name, opcode = m.groups()
+      body = [line]
+      called = re.search(r"calls=%([\w.\-]+)", line)
+      if called:
+        body = comps.get(called.group(1), [])
+      text = "\n".join(body)
+      conv = re.search(r"^.* convolution\(.*$", text, re.M)
+      if conv:
+        kinds[name] = _conv_kind(conv.group(0))
+      elif " dot(" in text:
+        kinds[name] = "matmul"
+      elif " reduce(" in text or "reduce" in name:
+        kinds[name] = "reduction"
+      elif opcode in ("transpose", "copy") or re.match(r"(transpose|copy)",
+                                                       name):
+        kinds[name] = "transpose/copy"
+      elif opcode == "fusion" or opcode in ("add", "multiply", "select",
+                                            "concatenate", "broadcast"):
+        kinds[name] = "elementwise"
+      else:
+        kinds[name] = "other"
+  return kinds
+
+
+def consumers(hlo):
+  """{instruction name: names of the instructions that take it as operand}."""
+  users = collections.defaultdict(set)
+  for line in hlo.splitlines():
+    m = re.match(r"^\s*(?:ROOT )?%(\S+) = \S+ \S+?\((.*?)\)(?:,|$)", line)
+    if m:
+      for operand in re.findall(r"%([\w.\-]+)", m.group(2)):
+        users[operand].add(m.group(1))
+  return users
+
+
+def op_times(trace_dir):
+  """{op name: total ns} over the XLA threads of a jax.profiler trace."""
+  files = sorted(glob_files(trace_dir, ".xplane.pb"))
+  if not files:
+    raise FileNotFoundError(f"No .xplane.pb trace under {trace_dir}.")
+  data = jax.profiler.ProfileData.from_file(files[-1])
+  times = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      if line.name == "python":  # The host side: dispatch, not XLA ops.
+        continue
+      for event in line.events:
+        if not event.name.startswith(("ThunkExecutor", "end:")):
+          times[event.name] += event.duration_ns
+  return times
+
+
+def glob_files(root, suffix):
+  import os  # pylint: disable=g-import-not-at-top
+  return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+          if f.endswith(suffix)]
+
+
+def profile_ops(call, compiled, repeats, trace_dir=None, top=12):
+  """Per-kind and per-op XLA time of `call()`, a call of `compiled`.
+
+  Args:
+    call: runs one step, blocking (already warmed up).
+    compiled: the jax.stages.Compiled it runs (its HLO names the ops).
+    repeats: traced calls; times are per call.
+    trace_dir: where the trace goes (default: a temporary directory).
+    top: how many of the largest ops to list.
+
+  Returns:
+    {'ms_per_call': traced op time per call, 'kinds': {kind: {'ms', 'share',
+    'ops'}}, 'transposes_feeding': {consumer kind: ms of the transposes/copies
+    it takes as operands}, 'top': [[op, kind, ms], ...]}.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    trace_dir = trace_dir or tmp
+    with jax.profiler.trace(trace_dir):
+      for _ in range(repeats):
+        call()
+    times = op_times(trace_dir)
+  kinds = op_kinds(compiled.as_text())
+  per_kind = collections.defaultdict(lambda: [0.0, 0])
+  known = {name: ns for name, ns in times.items() if name in kinds}
+  for name, ns in known.items():
+    per_kind[kinds[name]][0] += ns / repeats / 1e6
+    per_kind[kinds[name]][1] += 1
+  total = sum(ms for ms, _ in per_kind.values())
+  # Which ops the transposes/copies feed: a layout change is paid for the op
+  # that needs it.
+  users = consumers(compiled.as_text())
+  fed = collections.Counter()
+  for name, ns in known.items():
+    if kinds[name] == "transpose/copy":
+      for kind in sorted({kinds.get(u, "other") for u in users[name]}):
+        fed[kind] += ns / repeats / 1e6 / max(1, len(
+            {kinds.get(u, "other") for u in users[name]}))
+  return {
+      "transposes_feeding": {k: round(v, 2) for k, v in fed.most_common()},
+      "ms_per_call": round(total, 2),
+      "kinds": {k: {"ms": round(per_kind[k][0], 2),
+                    "share": round(per_kind[k][0] / total, 3) if total else 0,
+                    "ops": per_kind[k][1]}
+                for k in KINDS if k in per_kind},
+      "top": [[name, kinds[name], round(ns / repeats / 1e6, 2)]
+              for name, ns in collections.Counter(known).most_common(top)]}
+
+
+def profile_probe(variant, batch, repeats):
+  config = benchmark.build_config("ddpm", variant, batch_size=batch)
+  step = benchmark.TrainStep(config, parallel.make_mesh())
+  step()  # Warm-up.
+  return profile_ops(step, step.compiled, repeats, _PROFILE_DIR.value,
+                     _TOP.value)
+
+
+def profile_table(result):
+  """The profile probe's result as Markdown: kinds, then the largest ops."""
+  lines = [f"XLA op time per call: {result['ms_per_call']:.1f} ms", "",
+           "| op kind | ms per call | share | ops |", "|---|---|---|---|"]
+  for kind, v in result["kinds"].items():
+    lines.append(f"| {kind} | {v['ms']:.1f} | {100 * v['share']:.1f}% | "
+                 f"{v['ops']} |")
+  lines += ["", "| transposes/copies feeding | ms per call |", "|---|---|"]
+  lines += [f"| {kind} | {ms:.1f} |"
+            for kind, ms in result["transposes_feeding"].items()]
+  lines += ["", "| largest ops | kind | ms per call |", "|---|---|---|"]
+  lines += [f"| {name} | {kind} | {ms:.2f} |"
+            for name, kind, ms in result["top"]]
+  return "\n".join(lines)
+
+
 PROBES = {"unet": unet_probe, "convs": conv_probe,
-          "groupnorm": groupnorm_probe}
+          "groupnorm": groupnorm_probe, "profile": profile_probe}
 
 
 def main(argv):
@@ -146,8 +334,11 @@ def main(argv):
   batch = flags.FLAGS.batch_size or 16
   for name in _PROBES.value:
     result = PROBES[name](flags.FLAGS.config, batch, flags.FLAGS.repeats)
-    print(name, "(milliseconds, medians):", json.dumps(result, indent=1),
-          flush=True)
+    if name == "profile":
+      print(profile_table(result), flush=True)
+    else:
+      print(name, "(milliseconds, medians):", json.dumps(result, indent=1),
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,16 @@ def test_auprc_comparison_on_slices_of_the_splits(smoke_config, tmp_path):
                            splits=["test[:50%]"])
 
 
+def test_ddim_detector_config_takes_stride_and_eta():
+  config = benchmark.build_config("ddpm", "smoke")
+  configs = benchmark.detect_configs(config, ddim_stride=10, ddim_eta=1.0)
+  ddim, ancestral = configs["ddim"].anomaly, configs["ancestral"].anomaly
+  assert (ddim.sampler, ddim.eta) == ("ddim", 1.0)
+  assert ddim.num_steps == config.diffusion.num_timesteps // 10
+  assert (ancestral.sampler, ancestral.num_steps) == ("ddpm", None)
+  assert config.anomaly.get("eta") != 1.0  # The input config is untouched.
+
+
 def test_step_breakdown_probes_at_smoke_size():
   from experiments import step_breakdown  # pylint: disable=g-import-not-at-top
   from genjax.nn import norm, vae as vae_nn  # pylint: disable=g-import-not-at-top
@@ -139,3 +149,36 @@ def test_step_breakdown_probes_at_smoke_size():
   gn = step_breakdown.groupnorm_probe("smoke", 2, 1)
   assert set(gn) == {"vae", "gan"} and gn["vae"]["speedup"] > 0
   assert vae_nn.GroupNorm is norm.GroupNorm  # The A/B restored the module.
+
+
+def test_profile_attributes_conv_time_to_forward_and_both_gradients():
+  from experiments import step_breakdown  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 8))
+
+  def loss(w, x):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.square(y))
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  compiled = fn.lower(w, x).compile()
+  kinds = step_breakdown.op_kinds(compiled.as_text())
+  # One convolution of each kind: y, dL/dx (transposed kernel), dL/dw (window
+  # = the 16x16 activation).
+  convs = sorted(k for k in kinds.values() if k.startswith("conv"))
+  assert convs == ["conv forward", "conv input gradient",
+                   "conv weight gradient"]
+  result = step_breakdown.profile_ops(
+      lambda: jax.block_until_ready(compiled(w, x)), compiled, repeats=2)
+  assert result["ms_per_call"] > 0
+  assert {"conv forward", "conv input gradient",
+          "conv weight gradient"} <= set(result["kinds"])
+  shares = sum(v["share"] for v in result["kinds"].values())
+  assert abs(shares - 1) < 0.01
+  assert "| conv weight gradient |" in step_breakdown.profile_table(result)
+  # XLA:CPU lays the activation and the output gradient out anew for the
+  # weight gradient (batch becomes the contracted feature dimension).
+  fed = result["transposes_feeding"]
+  assert fed and max(fed, key=fed.get) == "conv weight gradient"
+  assert result["top"] and all(kinds[name] == kind
+                               for name, kind, _ in result["top"])
