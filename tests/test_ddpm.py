@@ -50,8 +50,9 @@ def test_training_loss_uses_the_configured_noise(noise, monkeypatch):
   monkeypatch.setattr(ddpm_method.losses, "denoising_loss", spy)
   method = methods.get(config)
   batch = _batch(config)
-  state = method.init(jax.random.key(0), batch)
-  _, metrics = method.train_step(state, batch, jax.random.key(1))
+  # Jitted, as the loop runs them (eager, every op compiles on its own: 45 s).
+  state = jax.jit(method.init)(jax.random.key(0, impl="rbg"), batch)
+  _, metrics = jax.jit(method.train_step)(state, batch, jax.random.key(1))
   assert np.isfinite(float(metrics["loss"]))
   assert seen, "the training step did not call denoising_loss"
   key, shape = jax.random.key(2), (2, 16, 16, 1)

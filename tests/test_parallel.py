@@ -1,7 +1,8 @@
 """Data parallelism: 8 simulated CPU devices give what 1 device gives.
 
 For every method, 3 training steps (the GAN's: 2 GAN steps and 1 encoder
-step) on 8 devices and on 1, with the same global batch, must end with the
+step; the DDPM's with 2 gradient-accumulation micro-batches) on 8 devices and
+on 1, with the same global batch, must end with the
 same parameters, optimiser states and EMA; a global batch that does not
 split over the devices (times the gradient-accumulation micro-batches) must
 be refused with a clear error.
@@ -58,11 +59,12 @@ _SCRIPT = textwrap.dedent("""
 
     assert len(jax.devices()) == 8, jax.devices()
     out = sys.argv[2]
-    many = run(out + "/eight", jax.devices(), 8)
-    one = run(out + "/one", jax.devices()[:1], 8)
-    assert int(many.step) == 3, many.step
-    print("max |8 devices - 1 device| =", worst(many, one))
-    assert worst(many, one) < 1e-4, worst(many, one)
+    if "{accumulate}" != "True":
+      many = run(out + "/eight", jax.devices(), 8)
+      one = run(out + "/one", jax.devices()[:1], 8)
+      assert int(many.step) == 3, many.step
+      print("max |8 devices - 1 device| =", worst(many, one))
+      assert worst(many, one) < 1e-4, worst(many, one)
     try:
       run(out + "/bad", jax.devices(), 12)
     except ValueError as e:
@@ -74,6 +76,7 @@ _SCRIPT = textwrap.dedent("""
       # Two micro-batches of 8, each spread over the 8 devices.
       many = run(out + "/eight_k2", jax.devices(), 16, accum_steps=2)
       one = run(out + "/one_k2", jax.devices()[:1], 16, accum_steps=2)
+      assert int(many.step) == 3, many.step
       print("k=2: max |8 devices - 1 device| =", worst(many, one))
       assert worst(many, one) < 1e-4, worst(many, one)
       try:
@@ -87,8 +90,10 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-# The DDPM's case also checks gradient accumulation on 8 devices: the
-# micro-batch split is the same code for every method.
+# The DDPM's case checks gradient accumulation on 8 devices instead (k = 2
+# runs the same sharded step on each micro-batch; k = 1 on 8 devices is the
+# VAE's and GAN's case): the micro-batch split is the same code for every
+# method.
 @pytest.mark.parametrize("method,accumulate", [("ddpm", True), ("vae", False),
                                                ("gan", False)])
 def test_eight_devices_match_one(method, accumulate, phantom_data_dir,
