@@ -80,4 +80,8 @@ def get_config(arg=None):
   anomaly.sampler = pick("ddpm", "ddim", "ddim")
   anomaly.num_steps = config_dict.FieldReference(pick(None, 20, 4), int)
   # None = every step from t to 0.
+  # DDIM only: 0 deterministic, 1 stochastic (the respaced ancestral noise).
+  # eta = 1 detects better at every t measured (BENCHMARKS.md); 0 is what
+  # RESULTS.md's DDPM detection was measured with, until it is re-run.
+  anomaly.eta = 0.0
   return config

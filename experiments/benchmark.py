@@ -620,8 +620,11 @@ def detect_auprc(config, workdir, ddim_stride, out_dir=None, splits=None,
                     "n_test_lesion_slices": m.get("n_test_lesion_slices"),
                     "seconds": time.perf_counter() - t0,
                     "checkpoint_step": int(state.step)}
-  result["auprc_difference"] = abs(result["ancestral"]["auprc"]
-                                   - result["ddim"]["auprc"])
+  # Signed: the target asks that the faster detector lose at most 0.02 AUPRC;
+  # a DDIM detector that beats ancestral reconstruction does not miss it.
+  result["auprc_ddim_minus_ancestral"] = (result["ddim"]["auprc"]
+                                          - result["ancestral"]["auprc"])
+  result["auprc_difference"] = abs(result["auprc_ddim_minus_ancestral"])
   return result
 
 
@@ -644,13 +647,12 @@ def targets(r):
                  f"ancestral "
                  f"speed at t={d['noise_level']}", d["speedup"], "≥ 10",
                  d["speedup"] >= 10))
-    if "auprc_difference" in d["auprc"]:
-      diff = d["auprc"]["auprc_difference"]
-      rows.append(("AUPRC difference, ancestral vs DDIM", diff, "≤ 0.02",
-                   diff <= 0.02))
+    name = "pixel AUPRC, DDIM − ancestral"
+    if "auprc_ddim_minus_ancestral" in d["auprc"]:
+      diff = d["auprc"]["auprc_ddim_minus_ancestral"]
+      rows.append((name, diff, "≥ −0.02", diff >= -0.02))
     else:
-      rows.append(("AUPRC difference, ancestral vs DDIM", None, "≤ 0.02",
-                   None))
+      rows.append((name, None, "≥ −0.02", None))
   return [{"name": n, "value": v, "target": t, "passed": p}
           for n, v, t, p in rows]
 

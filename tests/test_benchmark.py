@@ -127,6 +127,21 @@ def test_auprc_comparison_on_slices_of_the_splits(smoke_config, tmp_path):
                            splits=["test[:50%]"])
 
 
+@pytest.mark.parametrize("ancestral,ddim,passed", [
+    (0.099, 0.069, False),   # DDIM loses 0.030: missed.
+    (0.099, 0.162, True),    # DDIM better by 0.063: no loss, met.
+    (0.099, 0.080, True)])   # Loses 0.019: within the allowed 0.02.
+def test_auprc_target_allows_no_more_than_a_0_02_loss(ancestral, ddim, passed):
+  result = {"train": {"images_per_s": 10.0},
+            "pipeline": {"images_per_s": 1000.0},
+            "detect": {"ddim_stride": 10, "ddim_eta": 1.0, "noise_level": 200,
+                       "speedup": 10.5,
+                       "auprc": {"auprc_ddim_minus_ancestral": ddim - ancestral}}}
+  row = [t for t in benchmark.targets(result) if "AUPRC" in t["name"]][0]
+  assert row["passed"] is passed
+  assert row["value"] == pytest.approx(ddim - ancestral)
+
+
 def test_ddim_detector_config_takes_stride_and_eta():
   config = benchmark.build_config("ddpm", "smoke")
   configs = benchmark.detect_configs(config, ddim_stride=10, ddim_eta=1.0)
