@@ -27,6 +27,7 @@ XLA options are compared by running the benchmark itself under each, e.g.
 
 import collections
 import json
+import os
 import re
 import statistics
 import tempfile
@@ -242,7 +243,7 @@ def op_times(trace_dir):
 
 
 def glob_files(root, suffix):
-  import os  # pylint: disable=g-import-not-at-top
+  """Paths of the files under `root` whose names end with `suffix`."""
   return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
           if f.endswith(suffix)]
 
