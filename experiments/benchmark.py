@@ -624,7 +624,6 @@ def detect_auprc(config, workdir, ddim_stride, out_dir=None, splits=None,
   # a DDIM detector that beats ancestral reconstruction does not miss it.
   result["auprc_ddim_minus_ancestral"] = (result["ddim"]["auprc"]
                                           - result["ancestral"]["auprc"])
-  result["auprc_difference"] = abs(result["auprc_ddim_minus_ancestral"])
   return result
 
 

@@ -26,6 +26,7 @@ XLA options are compared by running the benchmark itself under each, e.g.
 """
 
 import collections
+import glob
 import json
 import os
 import re
@@ -206,8 +207,8 @@ def op_kinds(hlo):
       elif opcode in ("transpose", "copy") or re.match(r"(transpose|copy)",
                                                        name):
         kinds[name] = "transpose/copy"
-      elif opcode == "fusion" or opcode in ("add", "multiply", "select",
-                                            "concatenate", "broadcast"):
+      elif opcode in ("fusion", "add", "multiply", "select", "concatenate",
+                      "broadcast"):
         kinds[name] = "elementwise"
       else:
         kinds[name] = "other"
@@ -227,7 +228,8 @@ def consumers(hlo):
 
 def op_times(trace_dir):
   """{op name: total ns} over the XLA threads of a jax.profiler trace."""
-  files = sorted(glob_files(trace_dir, ".xplane.pb"))
+  files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
+                           recursive=True))
   if not files:
     raise FileNotFoundError(f"No .xplane.pb trace under {trace_dir}.")
   data = jax.profiler.ProfileData.from_file(files[-1])
@@ -240,12 +242,6 @@ def op_times(trace_dir):
         if not event.name.startswith(("ThunkExecutor", "end:")):
           times[event.name] += event.duration_ns
   return times
-
-
-def glob_files(root, suffix):
-  """Paths of the files under `root` whose names end with `suffix`."""
-  return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-          if f.endswith(suffix)]
 
 
 def profile_ops(call, compiled, repeats, trace_dir=None, top=12):
@@ -269,7 +265,8 @@ def profile_ops(call, compiled, repeats, trace_dir=None, top=12):
       for _ in range(repeats):
         call()
     times = op_times(trace_dir)
-  kinds = op_kinds(compiled.as_text())
+  hlo = compiled.as_text()
+  kinds = op_kinds(hlo)
   per_kind = collections.defaultdict(lambda: [0.0, 0])
   known = {name: ns for name, ns in times.items() if name in kinds}
   for name, ns in known.items():
@@ -278,13 +275,13 @@ def profile_ops(call, compiled, repeats, trace_dir=None, top=12):
   total = sum(ms for ms, _ in per_kind.values())
   # Which ops the transposes/copies feed: a layout change is paid for the op
   # that needs it.
-  users = consumers(compiled.as_text())
+  users = consumers(hlo)
   fed = collections.Counter()
   for name, ns in known.items():
     if kinds[name] == "transpose/copy":
-      for kind in sorted({kinds.get(u, "other") for u in users[name]}):
-        fed[kind] += ns / repeats / 1e6 / max(1, len(
-            {kinds.get(u, "other") for u in users[name]}))
+      fed_kinds = {kinds.get(u, "other") for u in users[name]}
+      for kind in fed_kinds:  # Shared equally between the kinds it feeds.
+        fed[kind] += ns / repeats / 1e6 / len(fed_kinds)
   return {
       "transposes_feeding": {k: round(v, 2) for k, v in fed.most_common()},
       "ms_per_call": round(total, 2),
