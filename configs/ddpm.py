@@ -5,8 +5,8 @@ r"""Score-based diffusion (DDPM, VP discretisation) on brain MRI slices.
   python -m experiments.main --config=configs/ddpm.py --workdir=runs/ddpm   # 128 px, GPU/TPU
 
 Variants: none = research scale (128 px, T=1000, ancestral sampling), `:cpu`
-(64 px, a small UNet that trains on 2 CPU cores in about 20 minutes; DDIM
-sampling), `:smoke` (32 px, seconds; the tests use it).
+(64 px, a small UNet that trains on 2 CPU cores in about 20 minutes; samples
+with all 1000 ancestral steps, detects with 20-evaluation DDIM), `:smoke` (32 px, seconds; the tests use it).
 """
 
 import ml_collections
