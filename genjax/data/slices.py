@@ -42,7 +42,12 @@ Masks, in one of two conventions per folder:
     folder), same relative path and stem. A masks/ folder says the folder is
     annotated: every image needs its mask.
 An optional brain mask `<stem>_brain.<ext>` next to the image replaces the
-default brain = image > 0.
+default brain mask (`genjax.data.brainmask.default_brain_mask`, per slice):
+for a slice whose border is one constant value (skull-stripped, zero or
+z-scored background) the brain is image != that value; for a noisy
+background (FLAIR noise, unstripped slices) it is a HEAD mask (Otsu, large
+components, holes filled) that includes the skull. The build log says how
+many slices got which rule.
 
 Every problem raises `SliceError`, whose message names the file, says what
 is wrong and what to do.
@@ -58,6 +63,8 @@ from absl import logging
 import numpy as np
 from PIL import Image
 import tifffile
+
+from genjax.data import brainmask
 
 EXTENSIONS = (".png", ".tif", ".tiff", ".npy")
 MASK_SUFFIX = "_mask"
@@ -556,9 +563,10 @@ def read_subject(slices, channel=None):
   Returns:
     (images, masks, brains, indices, notes): images float32 [N, H, W] raw;
     masks uint8 [N, H, W] (zeros where a slice has no mask); brains uint8
-    [N, H, W] (the `_brain` file, else image > 0); indices int [N];
-    notes {note: [files]} how colour images were collapsed and other
-    things the build log should say.
+    [N, H, W] (the `_brain` file, else `brainmask.default_brain_mask` of
+    the slice); indices int [N]; notes {note: [files]} how colour images
+    were collapsed, which default brain-mask rule each slice without a
+    `_brain` file got, and other things the build log should say.
 
   Raises:
     SliceError: any file `read_image`/`read_mask` rejects; slices of
@@ -587,16 +595,17 @@ def read_subject(slices, channel=None):
     if s.brain:
       brains.append(read_mask(s.brain, image.shape, s.image))
     else:
-      if (image < 0).any():
-        notes["negative values, outside brain = image > 0 (add _brain masks "
-              "if they are tissue)"].append(s.image)
-      brains.append((image > 0).astype(np.uint8))
+      bg = brainmask.background(image)
+      notes[f"no {BRAIN_SUFFIX} file (default brain mask, "
+            f"{brainmask.RULES[bg.kind]})"].append(s.image)
+      brains.append(brainmask.default_brain_mask(image, bg))
   brains = np.stack(brains)
   if not brains.any():
     raise SliceError(
         f"{slices[0].image}: subject {subject!r} has no brain pixel in any of "
-        f"its {len(slices)} slices (without _brain files the brain is image "
-        "> 0, so every pixel is <= 0). Check the export, or add "
+        f"its {len(slices)} slices (without _brain files the default brain "
+        "mask is used: every slice is all background, or noise with no head "
+        "in it; see genjax.data.brainmask). Check the export, or add "
         f"<stem>{BRAIN_SUFFIX} masks.")
   return (np.stack(images), np.stack(masks), brains,
           np.asarray([s.index for s in slices]), dict(notes))
