@@ -65,6 +65,11 @@ def get_base_config(variant=""):
   # against each file name without extension; None uses
   # genjax.data.slices.DEFAULT_PATTERN (the last number is the slice).
   data.slice_pattern = config_dict.placeholder(str)
+  # nifti_folder: the sequence to read from multi-modal layouts (brats: flair,
+  # t1, t1ce, t2; ixi: T1, T2, PD; mslub: FLAIR, T1W, T1WKS, T2W; wmh: FLAIR,
+  # T1); None: the layout's default (the first named). Each modality is a
+  # prepared dataset of its own.
+  data.modality = config_dict.placeholder(str)
   data.train_split = "train"  # 'train' (healthy) or 'train_mixed'.
   data.eval_split = "test"
   data.val_split = "validation"
@@ -166,4 +171,9 @@ def get_base_config(variant=""):
   an.histogram_max = 2.0
   an.num_figure_slices = 8  # Lesion slices (largest first) in the figure.
   an.write_maps = True  # Per-subject NIfTI (or .npy/PNG) anomaly maps.
+  # Share of data.eval_split's patients held out (by a stable hash of the
+  # subject id) as the lesion validation set where detect chooses
+  # threshold_val and the ablations choose t; 0 turns it off. Unused when
+  # data.val_split itself holds patients (genjax/protocol.py).
+  an.patient_val_fraction = 0.25
   return config

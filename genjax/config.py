@@ -72,6 +72,15 @@ def validate_data(data):
       slices.compile_pattern(data.slice_pattern)
     except slices.SliceError as e:
       raise ConfigError(f"config.data.slice_pattern: {e}") from None
+  if data.dataset == "nifti_folder":
+    from genjax.data import layouts  # pylint: disable=g-import-not-at-top
+    # Raises ConfigError naming the valid modalities of the layout.
+    layouts.check_modality(layouts.LAYOUTS[data.builder_config],
+                           data.get("modality"))
+  elif data.get("modality") is not None:
+    raise ConfigError(
+        f"config.data.modality={data.modality!r}: only nifti_folder layouts "
+        f"have modalities, not {data.dataset}; leave it None.")
   _check(isinstance(data.image_size, int) and data.image_size >= 8,
          "data.image_size", f"must be an integer >= 8, got {data.image_size!r}.")
   if data.slice_range is not None:

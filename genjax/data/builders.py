@@ -7,11 +7,15 @@ they find and read their files:
   brain_phantom  the embedded phantom (`genjax.data.phantom`); configs 'tiny'
                  (32 px), 'res64', 'res128'; generated on first use, no
                  download.
-  nifti_folder   your own NIfTI volumes under `manual_dir`; configs 'custom',
-                 'ixi', 'atlas' (layouts in MANUAL_DOWNLOAD_INSTRUCTIONS).
+  nifti_folder   NIfTI volumes under `manual_dir` in a dataset's own layout;
+                 configs 'custom', 'ixi', 'atlas', 'brats', 'mslub', 'wmh',
+                 each with its modalities (`config.data.modality`).
   slice_folder   your own 2D slices (PNG, TIFF, NPY) under `manual_dir`;
-                 configs 'custom', 'kaggle_lgg' (layouts in
-                 SLICE_INSTRUCTIONS; reading in `genjax.data.slices`).
+                 configs 'custom', 'kaggle_lgg' (reading in
+                 `genjax.data.slices`).
+
+Where each layout keeps its files, and how its subjects are found and split,
+is `genjax.data.layouts` (one module per layout behind one registry).
 
 Examples are written in generation order (subject by subject, slice by slice;
 `disable_shuffling=True`), so every build holds the same examples in the same
@@ -26,17 +30,17 @@ builder itself (splits, example counts, features).
 import collections
 import concurrent.futures
 import dataclasses
-import hashlib
 import multiprocessing
 import os
-import pathlib
 import re
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from genjax.data import brainmask
+from genjax.data import layouts
 from genjax.data import nifti
 from genjax.data import phantom
 from genjax.data import slices
@@ -47,14 +51,12 @@ PERCENTILES = (0., 0.1, 0.5, 1., 2., 5., 10., 25., 50., 75., 90., 95., 98.,
                99., 99.5, 99.9, 100.)
 LABEL_NAMES = ("healthy", "lesion")
 # Every split a genjax dataset may have; a builder emits those it has data for.
-SPLITS = ("train", "train_mixed", "validation", "test")
+SPLITS = layouts.SPLITS
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-MASK_SUFFIX = "_mask"  # custom layout: <stem>_mask.nii[.gz]
-BRAIN_SUFFIX = "_brain"  # every layout: optional <stem>_brain.nii[.gz]
-ATLAS_IMAGE_SUFFIX = "_T1w"
-ATLAS_MASK_SUFFIX = "_label-L_desc-T1lesion_mask"
-IXI_VALIDATION_PERCENT = 10
+# Discovery lives in genjax.data.layouts; these names stay for callers.
+find_subjects = layouts.find_subjects
+find_slice_subjects = layouts.find_slice_subjects
+ixi_split = layouts.ixi_split
 
 
 # --- Example schema -----------------------------------------------------------
@@ -302,265 +304,7 @@ class BrainPhantom(tfds.core.GeneratorBasedBuilder):
       yield from volume_examples(plan.subject_id, volume.image, volume.lesion,
                                  volume.brain, volume.affine)
 
-
 # --- nifti_folder -------------------------------------------------------------
-
-MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-genjax reads NIfTI volumes (.nii or .nii.gz) that you put under `manual_dir`
-(config.data.manual_dir, e.g. --config.data.manual_dir=~/data/ixi). genjax
-assumes skull-stripped volumes registered to MNI space (e.g. with
-HD-BET/SynthStrip and ANTs/FSL FLIRT); volumes are reoriented to RAS and
-sliced axially, not resampled. A brain mask is optional everywhere: put
-`<stem>_brain.nii[.gz]` next to the image `<stem>.nii[.gz]`; without it the
-brain is `image > 0` (right for skull-stripped volumes, wrong otherwise).
-Masks must be on the image's voxel grid.
-
-config 'custom':  manual_dir/<split>/ for any of train, train_mixed,
-  validation, test; each holds images `<stem>.nii[.gz]`, optional lesion
-  masks `<stem>_mask.nii[.gz]` (no mask: a healthy subject) and optional
-  brain masks `<stem>_brain.nii[.gz]`. The subject id is <stem>; a subject
-  may appear in one split only.
-
-config 'ixi':  IXI T1 (healthy; https://brain-development.org/ixi-dataset/),
-  skull-stripped and MNI-registered by you, keeping the file names:
-  manual_dir/IXI-T1/IXI*-T1.nii.gz. Split by subject into train / validation
-  (about 90/10, from a stable hash of the subject id).
-
-config 'atlas':  ATLAS v2.0 (stroke; https://fcon_1000.projects.nitrc.org/
-  indi/retro/atlas.html), the Training part (the test part has no masks),
-  unpacked anywhere under manual_dir in its BIDS layout:
-  **/sub-*_T1w.nii.gz with the lesion mask
-  *_label-L_desc-T1lesion_mask.nii.gz in the same folder
-  (space MNI152NLin2009aSym). ATLAS images are NOT skull-stripped: add
-  <stem>_brain.nii.gz masks (or skull-strip the images). All subjects go to
-  the 'test' split.
-
-The prepared dataset is cached in data_dir/nifti_folder/<config>/; genjax
-refuses to use it if the files under manual_dir change; delete that folder to
-rebuild.
-"""
-
-
-class Subject(NamedTuple):
-  """One volume to convert: its files (None: no such mask)."""
-  subject_id: str
-  image: pathlib.Path
-  mask: Optional[pathlib.Path]
-  brain: Optional[pathlib.Path]
-
-
-def _stem(path):
-  """'a/b/sub-1_T1w.nii.gz' -> 'sub-1_T1w'; None if not a NIfTI file name."""
-  for suffix in NIFTI_SUFFIXES:
-    if path.name.endswith(suffix):
-      return path.name[:-len(suffix)]
-  return None
-
-
-def _is_hidden(path, root):
-  return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-def _nifti_files(folder, recursive=False):
-  """{stem: path} of the NIfTI files in `folder`; duplicate stems rejected."""
-  paths = folder.rglob("*") if recursive else folder.iterdir()
-  files = {}
-  for path in sorted(paths):
-    stem = _stem(path)
-    # Hidden files are OS debris (e.g. macOS '._x.nii.gz'), not volumes.
-    if stem is None or _is_hidden(path, folder) or not path.is_file():
-      continue
-    key = str(path.parent / stem)
-    if key in files:
-      raise nifti.NiftiError(
-          f"{files[key]} and {path}: two files for the same volume. Keep "
-          "one of them.")
-    files[key] = path
-  return files
-
-
-def _pair_files(files, image_pattern, mask_suffix, mask_required):
-  """Matches images with their lesion and brain masks.
-
-  Args:
-    files: {parent/stem: path} from `_nifti_files`.
-    image_pattern: regex an image stem must fully match.
-    mask_suffix: lesion mask stem = image stem (minus `_T1w` for ATLAS) +
-      this, or None if the layout has no lesion masks.
-    mask_required: a missing lesion mask is an error (else: healthy).
-
-  Returns:
-    [(image, mask or None, brain or None)] sorted by image path.
-  """
-  def mask_key(image_key):
-    if not mask_suffix:
-      return None
-    base = image_key
-    if base.endswith(ATLAS_IMAGE_SUFFIX) and mask_suffix == ATLAS_MASK_SUFFIX:
-      base = base[:-len(ATLAS_IMAGE_SUFFIX)]
-    return base + mask_suffix
-
-  images = {k: p for k, p in files.items()
-            if re.fullmatch(image_pattern, pathlib.Path(k).name)}
-  used = set(images)
-  triples = []
-  for key, image in sorted(images.items()):
-    mask = files.get(mask_key(key))
-    brain = files.get(key + BRAIN_SUFFIX)
-    if mask_suffix and mask is None and mask_required:
-      raise nifti.NiftiError(
-          f"{image}: no lesion mask {pathlib.Path(mask_key(key)).name}"
-          ".nii.gz next to it. This layout needs one per image: add it, or "
-          "remove the image.")
-    used.update(p for p in (mask_key(key), key + BRAIN_SUFFIX) if p in files)
-    triples.append((image, mask, brain))
-  for key, path in sorted(files.items()):
-    name = pathlib.Path(key).name
-    is_mask = bool(mask_suffix) and name.endswith(mask_suffix)
-    if key not in used and (is_mask or name.endswith(BRAIN_SUFFIX)):
-      raise nifti.NiftiError(
-          f"{path}: a mask with no matching image (expected the image "
-          "next to it, named like the mask without its suffix). Add the "
-          "image or remove the mask.")
-  ignored = sorted(str(p) for k, p in files.items() if k not in used)
-  if ignored:
-    logging.warning("Ignoring %d NIfTI files that are neither images nor "
-                    "masks of this layout: %s", len(ignored),
-                    ", ".join(ignored[:10]))
-  return triples
-
-
-def _custom_subjects(manual_dir):
-  """{split: [Subject]} of the 'custom' layout."""
-  found = {}
-  for entry in sorted(manual_dir.iterdir()):
-    if entry.name.startswith("."):
-      continue  # Hidden: .DS_Store, .ipynb_checkpoints, ...
-    if entry.is_dir() and entry.name not in SPLITS:
-      raise nifti.NiftiError(
-          f"{entry}: unknown split folder. Split folders in {manual_dir} must "
-          f"be among {', '.join(SPLITS)}; rename or move it.")
-    if entry.is_file() and _stem(entry) is not None:
-      raise nifti.NiftiError(
-          f"{entry}: volumes must be in split folders "
-          f"({manual_dir}/train/, .../test/, ...), not in manual_dir itself.")
-  for split in SPLITS:
-    folder = manual_dir / split
-    if not folder.is_dir():
-      continue
-    files = _nifti_files(folder)
-    # Anything not a mask or brain mask is an image.
-    image_pattern = (rf"(?!.*({MASK_SUFFIX}|{BRAIN_SUFFIX})$).+")
-    triples = _pair_files(files, image_pattern, MASK_SUFFIX,
-                          mask_required=False)
-    if not triples:
-      raise nifti.NiftiError(
-          f"{folder}: no images (*.nii, *.nii.gz) found. Put the split's "
-          "volumes there, or remove the empty folder.")
-    found[split] = [Subject(_stem(im), im, m, b) for im, m, b in triples]
-  if not found:
-    raise nifti.NiftiError(
-        f"{manual_dir}: no split folders. The 'custom' layout needs "
-        f"{manual_dir}/<split>/ with <split> among {', '.join(SPLITS)}.")
-  return found
-
-
-def ixi_split(subject_id):
-  """'train' or 'validation' for an IXI subject (stable hash of its id)."""
-  digest = hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
-  is_val = int(digest[:8], 16) % 100 < IXI_VALIDATION_PERCENT
-  return "validation" if is_val else "train"
-
-
-def _ixi_subjects(manual_dir):
-  """{split: [Subject]} of the 'ixi' layout (manual_dir/IXI-T1/IXI*-T1...)."""
-  folder = manual_dir / "IXI-T1"
-  if not folder.is_dir():
-    raise nifti.NiftiError(
-        f"{folder}: folder not found. Put the (skull-stripped, "
-        "MNI-registered) IXI T1 volumes IXI*-T1.nii.gz there.")
-  triples = _pair_files(_nifti_files(folder), r"IXI.*-T1", None,
-                        mask_required=False)
-  if not triples:
-    raise nifti.NiftiError(
-        f"{folder}: no IXI*-T1.nii.gz files found. Put the IXI T1 volumes "
-        "there, keeping their original names.")
-  found = collections.defaultdict(list)
-  for image, _, brain in triples:
-    subject_id = _stem(image)[:-len("-T1")]
-    found[ixi_split(subject_id)].append(Subject(subject_id, image, None, brain))
-  return dict(found)
-
-
-def _atlas_subject_id(stem):
-  """'sub-r001s001_ses-1_space-X_T1w' -> 'sub-r001s001_ses-1'."""
-  entities = stem[:-len(ATLAS_IMAGE_SUFFIX)].split("_")
-  return "_".join(e for e in entities if not e.startswith("space-"))
-
-
-def _atlas_subjects(manual_dir):
-  """{'test': [Subject]} of the 'atlas' layout (BIDS-like, recursive)."""
-  triples = _pair_files(
-      _nifti_files(manual_dir, recursive=True), rf"sub-.*{ATLAS_IMAGE_SUFFIX}",
-      ATLAS_MASK_SUFFIX, mask_required=True)
-  if not triples:
-    raise nifti.NiftiError(
-        f"{manual_dir}: no ATLAS images (**/sub-*_T1w.nii.gz) found. Unpack "
-        "the ATLAS v2.0 Training data there.")
-  return {"test": [Subject(_atlas_subject_id(_stem(im)), im, m, b)
-                   for im, m, b in triples]}
-
-
-_LAYOUTS = {
-    "custom": _custom_subjects,
-    "ixi": _ixi_subjects,
-    "atlas": _atlas_subjects,
-}
-
-
-def find_subjects(config_name, manual_dir):
-  """Lists the volumes of a nifti_folder config, checking the layout.
-
-  Args:
-    config_name: 'custom', 'ixi' or 'atlas'.
-    manual_dir: the folder the user put the volumes in.
-
-  Returns:
-    {split: [Subject]}, non-empty splits only, subjects sorted by file.
-
-  Raises:
-    NiftiError: missing folder, no volumes, orphan masks, missing required
-      masks, a subject id used twice.
-  """
-  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
-  if not manual_dir.is_dir():
-    raise nifti.NiftiError(
-        f"manual_dir {manual_dir} does not exist. Create it and put the "
-        f"volumes there:\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
-  found = _LAYOUTS[config_name](manual_dir)
-  first_file = {}
-  for subjects in found.values():
-    for s in subjects:
-      if s.subject_id in first_file:
-        raise nifti.NiftiError(
-            f"{first_file[s.subject_id]} and {s.image}: both are subject "
-            f"{s.subject_id!r}. Subject ids must be unique (and splits "
-            "subject-disjoint); rename or remove one.")
-      first_file[s.subject_id] = s.image
-  return found
-
-
-def files_fingerprint(found, manual_dir):
-  """A hash of the listed files (relative paths, sizes): detects changes."""
-  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
-  lines = []
-  for split in sorted(found):
-    for s in found[split]:
-      for path in (s.image, s.mask, s.brain):
-        if path is not None:
-          lines.append(f"{split}\t{s.subject_id}\t"
-                       f"{path.relative_to(manual_dir)}\t{path.stat().st_size}")
-  return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
 
 
 def _manual_dir(dl_manager):
@@ -572,40 +316,69 @@ def _manual_dir(dl_manager):
         from e
 
 
-class NiftiFolder(tfds.core.GeneratorBasedBuilder):
-  """Your NIfTI volumes (IXI, ATLAS or any folder), sliced axially."""
+@dataclasses.dataclass(eq=False)
+class NiftiConfig(tfds.core.BuilderConfig):
+  """A nifti_folder layout and the modality read from it.
 
-  VERSION = tfds.core.Version("1.0.0")
+  Attributes:
+    layout: a name in `layouts.LAYOUTS`.
+    modality: the layout's modality to read (None: its default).
+  """
+  layout: str = ""
+  modality: Optional[str] = None
+
+
+def nifti_config(layout, modality=None):
+  """The builder config of a layout and modality (see `layouts.config_name`).
+
+  The default modality gives the registered config (named as the layout);
+  another gives a config of its own name, e.g. 'brats_t2', which TFDS keeps
+  in its own folder, data_dir/nifti_folder/brats_t2/.
+
+  Raises:
+    ConfigError: a modality the layout does not have.
+  """
+  name = layouts.config_name(layout, modality)
+  if name == layout:
+    return name
+  spec = layouts.LAYOUTS[layout]
+  modality = layouts.check_modality(spec, modality)
+  return NiftiConfig(name=name, layout=layout, modality=modality,
+                     description=f"{spec.description} Modality {modality}.")
+
+
+class NiftiFolder(tfds.core.GeneratorBasedBuilder):
+  """NIfTI volumes (a dataset's own layout or any folder), sliced axially."""
+
+  VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: layouts custom, ixi and atlas; one example "
                "per axial slice of each RAS volume.",
+      "1.1.0": "Layouts brats, mslub, wmh; a modality per config; the "
+               "default brain mask is brainmask.default_brain_mask (was "
+               "image > 0); label maps with ignored values (WMH label 2 is "
+               "out of the brain mask).",
   }
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(
-          name="custom",
-          description="manual_dir/<split>/<stem>.nii[.gz] with optional "
-                      "<stem>_mask and <stem>_brain masks."),
-      tfds.core.BuilderConfig(
-          name="ixi",
-          description="IXI T1 (healthy), skull-stripped and MNI-registered; "
-                      "train/validation by subject hash."),
-      tfds.core.BuilderConfig(
-          name="atlas",
-          description="ATLAS v2.0 stroke T1w with lesion masks (MNI152 "
-                      "2009a); all subjects in test."),
+      NiftiConfig(name=name, description=spec.description, layout=name,
+                  modality=spec.default_modality)
+      for name, spec in layouts.LAYOUTS.items()
   ]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  def _find(self, manual_dir):
+    return find_subjects(self.builder_config.layout, manual_dir,
+                         self.builder_config.modality)
 
   def manual_fingerprint(self, manual_dir):
     """The fingerprint the prepared dataset must match for `manual_dir`."""
-    return files_fingerprint(
-        find_subjects(self.builder_config.name, manual_dir), manual_dir)
+    return layouts.files_fingerprint(self._find(manual_dir), manual_dir)
 
   def _info(self):
     return self.dataset_info_from_configs(
         description=(
-            "Skull-stripped, MNI-registered brain MRI volumes from NIfTI "
-            "files in manual_dir, reoriented to RAS; one example per axial "
+            "Brain MRI volumes from NIfTI files in manual_dir, laid out as "
+            "the dataset ships, reoriented to RAS; one example per axial "
             "slice, raw intensities. Slice size varies with the volumes."),
         features=slice_features(None, None),
         disable_shuffling=True,
@@ -615,10 +388,11 @@ class NiftiFolder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = _manual_dir(dl_manager)
-    found = find_subjects(self.builder_config.name, manual_dir)
-    self.info.metadata["files_fingerprint"] = files_fingerprint(
+    found = self._find(manual_dir)
+    self.info.metadata["files_fingerprint"] = layouts.files_fingerprint(
         found, manual_dir)
     self.info.metadata["manual_dir"] = os.fspath(manual_dir)
+    self.info.metadata["modality"] = self.builder_config.modality
     self.info.metadata["subjects"] = {
         split: [s.subject_id for s in subjects]
         for split, subjects in found.items()}
@@ -632,74 +406,26 @@ class NiftiFolder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, subjects):
     for s in subjects:
       image, affine = nifti.load_volume(s.image)
-      mask = (nifti.load_mask(s.mask, image.shape, affine, image_path=s.image)
-              if s.mask else None)
-      brain = (nifti.load_mask(s.brain, image.shape, affine,
+      mask = ignore = None
+      if s.mask is not None and s.labels is None:
+        mask = nifti.load_mask(s.mask, image.shape, affine,
                                image_path=s.image)
-               if s.brain else image > 0)
+      elif s.mask is not None:
+        mask, ignore = layouts.load_labels(s.mask, s.labels, image.shape,
+                                           affine, image_path=s.image)
+      if s.brain is not None:
+        brain = nifti.load_mask(s.brain, image.shape, affine,
+                                image_path=s.image)
+      else:
+        brain = brainmask.default_brain_mask(image)
+      if ignore is not None:
+        # Neither lesion nor healthy (WMH 'other pathology'): out of the brain
+        # mask, so no metric counts those voxels either way.
+        brain = np.where(ignore > 0, 0, brain)
       yield from volume_examples(s.subject_id, image, mask, brain, affine)
 
 
 # --- slice_folder -------------------------------------------------------------
-
-SLICE_INSTRUCTIONS = """\
-genjax reads folders of 2D slices that you put under `manual_dir`
-(config.data.manual_dir): PNG (8/16-bit grayscale; RGB(A) is collapsed to
-one channel and the build log says how), TIFF (grayscale or RGB, one page)
-and .npy (a 2D numeric array). Slices are used as stored (row 0 at the top),
-with their raw values; the pipeline normalises and resizes/pads them to
-config.data.image_size. Slices of one subject must have one size; subjects
-may differ.
-
-Subject and slice come from each image's file name (without extension),
-matched in full by config.data.slice_pattern, a regular expression with
-named groups `subject` and `slice`. The default takes the last number after
-'_', '-' or '_slice_' as the slice: IXI002_slice_045.png -> subject IXI002,
-slice 45; TCGA_CS_4941_19960909_12.tif -> TCGA_CS_4941_19960909, slice 12.
-For one slice per subject, use '(?P<subject>.+)'. A name the pattern does
-not match is an error.
-
-Lesion masks (binarised: > 0 is lesion), one convention per folder:
-  <stem>_mask.<ext> next to the image <stem>.<ext> (a missing mask: the
-  slice is lesion-free), or a masks/ folder next to the images (in the split
-  folder itself, or next to an images/ folder) holding a mask with each
-  image's name (then every image needs one).
-Brain masks: optional <stem>_brain.<ext> next to the image; without it the
-brain is image > 0 (right for skull-stripped slices with a zero
-background). Intensities are normalised per subject (percentiles of the
-brain pixels of all its slices), so per slice when a subject has one slice.
-
-config 'custom':  manual_dir/<split>/ for any of train, train_mixed,
-  validation, test, each holding slices (sub-folders allowed, e.g. one per
-  patient). A subject may appear in one split only. Folders without masks
-  are healthy data.
-
-config 'kaggle_lgg':  the Kaggle "Brain MRI segmentation" LGG set
-  (https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation),
-  unzipped so that manual_dir/kaggle_3m/<patient>/<patient>_<n>.tif and
-  <patient>_<n>_mask.tif exist (manual_dir may also be kaggle_3m itself).
-  Every image needs its mask. The images are RGB of three sequences
-  (pre-contrast, FLAIR, post-contrast; a missing sequence was replaced by
-  FLAIR); genjax reads channel 1, FLAIR.
-  Patients are split by a stable hash of the patient id (kaggle_split):
-  about 70 % training, 10 % validation, 20 % test patients. Splits:
-  train (the lesion-free slices of the training patients), train_mixed
-  (all their slices), validation (the lesion-free slices of the validation
-  patients), test (all slices of the test patients). train and train_mixed
-  share patients (they are alternative training sets); validation and test
-  share none with them or each other. The slices are not skull-stripped,
-  so the brain mask image > 0 covers the head; add <stem>_brain.tif masks
-  for a brain-only mask.
-
-The prepared dataset is cached in data_dir/slice_folder/<config>/; genjax
-refuses to use it if the files under manual_dir or the slice pattern change;
-delete that folder to rebuild.
-"""
-
-KAGGLE_VALIDATION_PERCENT = 10
-KAGGLE_TEST_PERCENT = 20
-KAGGLE_FOLDER = "kaggle_3m"
-KAGGLE_CHANNEL = 1  # FLAIR, in the images' (pre-contrast, FLAIR, post) order.
 
 
 @dataclasses.dataclass(eq=False)
@@ -714,158 +440,6 @@ class SliceFolderConfig(tfds.core.BuilderConfig):
   channel: Optional[int] = None
   mask_required: bool = False
 
-
-class SliceSubject(NamedTuple):
-  """One subject to convert: its slices, and which of them to emit."""
-  subject_id: str
-  slices: tuple  # [slices.Slice], sorted by slice index.
-  lesion_free_only: bool = False  # Emit only slices without lesion.
-
-
-def kaggle_split(subject_id):
-  """'train', 'validation' or 'test' for a Kaggle LGG patient (stable hash)."""
-  digest = hashlib.sha256(subject_id.encode("utf-8")).hexdigest()
-  bucket = int(digest[:8], 16) % 100
-  if bucket < KAGGLE_VALIDATION_PERCENT:
-    return "validation"
-  if bucket < KAGGLE_VALIDATION_PERCENT + KAGGLE_TEST_PERCENT:
-    return "test"
-  return "train"
-
-
-def _subjects_of(found_slices):
-  return [SliceSubject(subject, tuple(slice_list))
-          for subject, slice_list in slices.group_subjects(
-              found_slices).items()]
-
-
-def _custom_slice_subjects(manual_dir, pattern, mask_required):
-  """{split: [SliceSubject]} of the 'custom' slice layout."""
-  for entry in sorted(manual_dir.iterdir()):
-    if entry.name.startswith("."):
-      continue  # Hidden: .DS_Store, .ipynb_checkpoints, ...
-    if entry.is_dir() and entry.name not in SPLITS:
-      raise slices.SliceError(
-          f"{entry}: unknown split folder. Split folders in {manual_dir} must "
-          f"be among {', '.join(SPLITS)}; rename or move it.")
-    if entry.is_file() and slices.split_extension(entry.name):
-      raise slices.SliceError(
-          f"{entry}: slices must be in split folders ({manual_dir}/train/, "
-          ".../test/, ...), not in manual_dir itself.")
-  found = {}
-  for split in SPLITS:
-    folder = manual_dir / split
-    if folder.is_dir():
-      found[split] = _subjects_of(slices.list_folder(
-          folder, pattern, mask_required=mask_required))
-  if not found:
-    raise slices.SliceError(
-        f"{manual_dir}: no split folders. The 'custom' layout needs "
-        f"{manual_dir}/<split>/ with <split> among {', '.join(SPLITS)}.")
-  return found
-
-
-def _kaggle_subjects(manual_dir, pattern, mask_required):
-  """{split: [SliceSubject]} of the 'kaggle_lgg' layout."""
-  root = manual_dir / KAGGLE_FOLDER
-  if not root.is_dir():
-    root = manual_dir
-  patients = [d for d in sorted(root.iterdir())
-              if d.is_dir() and not d.name.startswith(".")]
-  if not patients:
-    raise slices.SliceError(
-        f"{root}: no patient folders. The 'kaggle_lgg' layout needs "
-        f"{manual_dir}/{KAGGLE_FOLDER}/<patient>/<patient>_<n>.tif with "
-        "<patient>_<n>_mask.tif; unzip the Kaggle archive there.")
-  found = collections.defaultdict(list)
-  for folder in patients:
-    patient_slices = slices.list_folder(folder, pattern,
-                                        mask_required=mask_required)
-    for s in patient_slices:
-      if s.subject != folder.name:
-        raise slices.SliceError(
-            f"{s.image}: the slice-name pattern gives subject {s.subject!r},"
-            f" but the file is in patient folder {folder.name!r}. Kaggle LGG "
-            "files are <patient>/<patient>_<n>.tif; move the file, or fix "
-            "config.data.slice_pattern.")
-    subject = SliceSubject(folder.name, tuple(patient_slices))
-    split = kaggle_split(folder.name)
-    # Anomaly detection trains on lesion-free slices: 'train' and
-    # 'validation' keep only those (decided when the masks are read).
-    if split in ("train", "validation"):
-      found[split].append(subject._replace(lesion_free_only=True))
-    if split == "train":
-      found["train_mixed"].append(subject)
-    if split == "test":
-      found["test"].append(subject)
-  return dict(found)
-
-
-_SLICE_LAYOUTS = {
-    "custom": _custom_slice_subjects,
-    "kaggle_lgg": _kaggle_subjects,
-}
-
-
-def find_slice_subjects(builder_config, manual_dir, pattern=None):
-  """Lists the slices of a slice_folder config, checking the layout.
-
-  Args:
-    builder_config: a `SliceFolderConfig` (or its name: 'custom',
-      'kaggle_lgg').
-    manual_dir: the folder the user put the slices in.
-    pattern: slice-name pattern (None: `slices.DEFAULT_PATTERN`).
-
-  Returns:
-    {split: [SliceSubject]}, non-empty splits only, subjects sorted by id.
-
-  Raises:
-    SliceError: missing folder, no slices, orphan masks, missing required
-      masks, unparseable names, a subject in two split folders.
-  """
-  if isinstance(builder_config, str):
-    builder_config = {c.name: c for c in SliceFolder.BUILDER_CONFIGS}[
-        builder_config]
-  compiled = slices.compile_pattern(pattern)
-  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
-  if not manual_dir.is_dir():
-    raise slices.SliceError(
-        f"manual_dir {manual_dir} does not exist. Create it and put the "
-        f"slices there:\n{SLICE_INSTRUCTIONS}")
-  found = _SLICE_LAYOUTS[builder_config.name](
-      manual_dir, compiled, builder_config.mask_required)
-  # train and train_mixed of kaggle_lgg are alternatives made of the same
-  # subjects; every other pair of splits must be subject-disjoint.
-  first_file, first_split = {}, {}
-  for split, subjects in found.items():
-    for s in subjects:
-      other = first_split.get(s.subject_id)
-      if other is not None and {other, split} != {"train", "train_mixed"}:
-        raise slices.SliceError(
-            f"{first_file[s.subject_id]} (split {other!r}) and "
-            f"{s.slices[0].image} (split {split!r}): both are subject "
-            f"{s.subject_id!r}. A subject's slices must all be in one split "
-            "folder; move them, or check config.data.slice_pattern.")
-      first_file.setdefault(s.subject_id, s.slices[0].image)
-      first_split.setdefault(s.subject_id, split)
-  return found
-
-
-def slice_files_fingerprint(found, manual_dir, pattern, channel):
-  """A hash of the listed files (relative paths, sizes) and read settings."""
-  manual_dir = pathlib.Path(os.path.expanduser(os.fspath(manual_dir)))
-  lines = [f"pattern\t{pattern}", f"channel\t{channel}"]
-  for split in sorted(found):
-    for subject in found[split]:
-      for s in subject.slices:
-        for path in (s.image, s.mask, s.brain):
-          if path is not None:
-            lines.append(f"{split}\t{subject.subject_id}\t{s.index}\t"
-                         f"{path.relative_to(manual_dir)}\t"
-                         f"{path.stat().st_size}")
-  return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
-
-
 class SliceFolder(tfds.core.GeneratorBasedBuilder):
   """Your 2D slices (PNG, TIFF, NPY) with lesion masks, by subject."""
 
@@ -875,18 +449,12 @@ class SliceFolder(tfds.core.GeneratorBasedBuilder):
                "per 2D slice file, grouped by subject.",
   }
   BUILDER_CONFIGS = [
-      SliceFolderConfig(
-          name="custom",
-          description="manual_dir/<split>/ slices with <stem>_mask files or "
-                      "a masks/ folder; subjects from file names."),
-      SliceFolderConfig(
-          name="kaggle_lgg",
-          description="Kaggle LGG kaggle_3m/<patient>/<patient>_<n>.tif "
-                      "(FLAIR channel) with _mask.tif; patients split by "
-                      "hash.",
-          channel=KAGGLE_CHANNEL, mask_required=True),
+      SliceFolderConfig(name=name, description=spec.description,
+                        channel=spec.channel,
+                        mask_required=spec.mask_required)
+      for name, spec in layouts.SLICE_LAYOUTS.items()
   ]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = SLICE_INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.SLICE_INSTRUCTIONS
 
   def __init__(self, *, pattern=None, **kwargs):
     """As any TFDS builder, plus `pattern`: the slice-name regex.
@@ -916,13 +484,13 @@ class SliceFolder(tfds.core.GeneratorBasedBuilder):
   def manual_fingerprint(self, manual_dir):
     """The fingerprint the prepared dataset must match for `manual_dir`."""
     found = find_slice_subjects(self.builder_config, manual_dir, self.pattern)
-    return slice_files_fingerprint(found, manual_dir, self.pattern,
+    return layouts.slice_files_fingerprint(found, manual_dir, self.pattern,
                                    self.builder_config.channel)
 
   def _split_generators(self, dl_manager):
     manual_dir = _manual_dir(dl_manager)
     found = find_slice_subjects(self.builder_config, manual_dir, self.pattern)
-    self.info.metadata["files_fingerprint"] = slice_files_fingerprint(
+    self.info.metadata["files_fingerprint"] = layouts.slice_files_fingerprint(
         found, manual_dir, self.pattern, self.builder_config.channel)
     self.info.metadata["manual_dir"] = os.fspath(manual_dir)
     self.info.metadata["slice_pattern"] = self.pattern
@@ -952,7 +520,6 @@ class SliceFolder(tfds.core.GeneratorBasedBuilder):
                       self.builder_config.name, split, len(files), note,
                       files[0])
 
-
 # --- Loading (what the pipeline calls) ----------------------------------------
 
 DATASETS = {
@@ -978,36 +545,15 @@ README_SECTIONS = {
     "slice_folder": 'README.md, section "Data" > "Your own 2D slices '
                     '(`slice_folder`)"',
 }
-# What manual_dir must hold, and where the files come from, per layout.
-_MANUAL_CONTENTS = {
-    ("nifti_folder", "custom"):
-        "<split>/<name>.nii.gz for splits among train, train_mixed, "
-        "validation, test, with lesion masks <name>_mask.nii.gz",
-    ("nifti_folder", "ixi"):
-        "IXI-T1/IXI*-T1.nii.gz, the IXI T1 volumes (download them from "
-        "https://brain-development.org/ixi-dataset/, then skull-strip and "
-        "register them to MNI space)",
-    ("nifti_folder", "atlas"):
-        "the ATLAS v2.0 BIDS folders, **/sub-*_T1w.nii.gz with "
-        "..._label-L_desc-T1lesion_mask.nii.gz beside each (download them "
-        "from https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html)",
-    ("slice_folder", "custom"):
-        "<split>/<subject>_slice_<n>.png (or .tif, .npy) for splits among "
-        "train, train_mixed, validation, test, with lesion masks "
-        "<stem>_mask.png beside the images",
-    ("slice_folder", "kaggle_lgg"):
-        "kaggle_3m/<patient>/<patient>_<n>.tif with <patient>_<n>_mask.tif "
-        "(download the set from "
-        "https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation "
-        "and unzip it there)",
-}
-
-
 def how_to_build(builder):
   """One paragraph: what manual_dir must hold and where the README says more."""
-  key = (builder.name, builder.builder_config.name)
-  return (f"For {builder.name}/{builder.builder_config.name}, manual_dir must "
-          f"hold {_MANUAL_CONTENTS[key]}. Pass it as "
+  config = builder.builder_config
+  if isinstance(builder, NiftiFolder):
+    contents = layouts.LAYOUTS[config.layout].contents
+  else:
+    contents = layouts.SLICE_LAYOUTS[config.name].contents
+  return (f"For {builder.name}/{config.name}, manual_dir must "
+          f"hold {contents}. Pass it as "
           f"--config.data.manual_dir=/path/to/that/folder; see "
           f"{README_SECTIONS[builder.name]}.")
 
@@ -1037,6 +583,7 @@ def get_builder(data_config):
 
   Raises:
     DatasetError: unknown dataset or builder config (the valid ones listed).
+    ConfigError: a config.data.modality the layout does not have.
   """
   name = data_config.dataset
   if name not in DATASETS:
@@ -1055,6 +602,11 @@ def get_builder(data_config):
     pattern = getattr(data_config, "slice_pattern", None)
     return cls(config=data_config.builder_config, data_dir=data_dir,
                pattern=pattern)
+  if cls is NiftiFolder:
+    # Each modality is a config (and prepared dataset) of its own.
+    modality = getattr(data_config, "modality", None)
+    return cls(config=nifti_config(data_config.builder_config, modality),
+               data_dir=data_dir)
   return cls(config=data_config.builder_config, data_dir=data_dir)
 
 
