@@ -136,8 +136,8 @@ def volume_examples(subject_id, image, mask, brain, affine):
   if not brain.any():
     raise nifti.NiftiError(
         f"Subject {subject_id}: the brain mask is empty (with no brain mask "
-        "file, the brain is image > 0, so the image is all <= 0). Check the "
-        "volume, or give a <stem>_brain.nii.gz mask.")
+        "file, the default brain mask of genjax.data.brainmask found only "
+        "background). Check the volume, or give a <stem>_brain.nii.gz mask.")
   # [X, Y, Z] -> [Z, Y, X]: slice k displayed (what display_slice does).
   displayed = lambda v: np.moveaxis(np.rot90(v, axes=(0, 1)), 2, 0)
   yield from stack_examples(subject_id, displayed(image), displayed(mask),

@@ -29,8 +29,9 @@ Lesion masks (binarised: > 0 is lesion), one convention per folder:
   folder itself, or next to an images/ folder) holding a mask with each
   image's name (then every image needs one).
 Brain masks: optional <stem>_brain.<ext> next to the image; without it the
-brain is image > 0 (right for skull-stripped slices with a zero
-background). Intensities are normalised per subject (percentiles of the
+brain is genjax.data.brainmask.default_brain_mask per slice (image !=
+background where the border is one constant value; a head mask, skull
+included, where it is noise). Intensities are normalised per subject (percentiles of the
 brain pixels of all its slices), so per slice when a subject has one slice.
 
 config 'custom':  manual_dir/<split>/ for any of train, train_mixed,
@@ -52,8 +53,8 @@ config 'kaggle_lgg':  the Kaggle "Brain MRI segmentation" LGG set
   patients), test (all slices of the test patients). train and train_mixed
   share patients (they are alternative training sets); validation and test
   share none with them or each other. The slices are not skull-stripped,
-  so the brain mask image > 0 covers the head; add <stem>_brain.tif masks
-  for a brain-only mask.
+  so the default brain mask is a head mask (skull included); add
+  <stem>_brain.tif masks (or skull-strip) for a brain-only mask.
 
 The prepared dataset is cached in data_dir/slice_folder/<config>/; genjax
 refuses to use it if the files under manual_dir or the slice pattern change;
