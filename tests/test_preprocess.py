@@ -232,3 +232,41 @@ def test_missing_simpleitk_says_how_to_install(monkeypatch):
       preprocess.sitk()
   finally:
     preprocess.sitk.cache_clear()
+
+
+def test_similarity_is_the_correlation_ratio():
+  """eta = |NCC| for a linear image, ~1 for any function, ~0 for noise."""
+  from genjax.data.preprocess import qc  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  template = rng.uniform(0, 1, (40, 40, 40))
+  mask = np.ones(template.shape, bool)
+  linear = 3.0 - 2.0 * template + rng.normal(0, 0.2, template.shape)
+  # With 1024 bins the binned template is nearly the template itself.
+  assert qc.similarity(linear, template, mask, bins=1024) == pytest.approx(
+      abs(np.corrcoef(linear.ravel(), template.ravel())[0, 1]), abs=0.01)
+  # T2-like: not monotone in the T1 template; NCC is ~0, eta is not.
+  folded = (template - 0.5)**2
+  assert abs(np.corrcoef(folded.ravel(), template.ravel())[0, 1]) < 0.05
+  assert qc.similarity(folded, template, mask) > 0.99
+  assert qc.similarity(rng.normal(size=template.shape), template,
+                       mask) < qc.SIMILARITY_FAIL / 2
+
+
+def test_label_maps_split_into_lesion_and_ignored(tmp_path):
+  """WMH: label 1 is lesion; label 2 is neither (out of the brain mask)."""
+  from genjax.data import fixtures  # pylint: disable=g-import-not-at-top
+  from genjax.data import layouts  # pylint: disable=g-import-not-at-top
+  fixtures.write_layout("wmh", tmp_path, n_subjects=2, image_size=32)
+  subjects = [s for ss in layouts.find_subjects("wmh", tmp_path).values()
+              for s in ss]
+  assert subjects
+  for s in subjects:
+    image, affine = nifti.load_volume(s.image)
+    labels, _ = nifti.load_volume(s.mask)
+    lesion, ignore = run._load_lesion(s, image.shape, affine)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(lesion, labels == 1)
+    if (labels == 2).any():
+      np.testing.assert_array_equal(ignore, labels == 2)
+    else:
+      assert ignore is None
+  assert any((nifti.load_volume(s.mask)[0] == 2).any() for s in subjects)

@@ -1,11 +1,15 @@
 """Quality control: a picture per subject and a table with flags.
 
 Thresholds (flags mark a subject for a look; they do not exclude it):
-* NCC_FLOOR: normalised cross-correlation with the template inside its
-  brain below this is a poor registration. Phantom heads reach 0.85-0.95 and
-  real T1 scans typically 0.6-0.8 against the (smooth, averaged) MNI152;
-  NCC_FAIL (a failure, not a flag) is where the volume is nothing like a
-  brain (noise, an empty or foreign volume measure ~0).
+* SIMILARITY_FLOOR: similarity with the T1 template inside its brain below
+  this is a poor registration. The similarity is the correlation ratio eta
+  (`similarity`): how much of the image's variance a function of the
+  template's intensity explains, square-rooted. It equals |NCC| for an image
+  that is a linear function of the template and needs no linearity, so a
+  T2, PD or FLAIR scan (CSF bright, or GM above WM) is judged like a T1.
+  Phantom T1 heads reach 0.85-0.95; SIMILARITY_FAIL (a failure, not a flag)
+  is where the volume is nothing like a brain (noise, an empty or foreign
+  volume measure ~0.05).
 * BRAIN_ML_RANGE: adult brain-mask volumes in native space (the mask is the
   template's, which includes ventricles and sulcal CSF: 1883 ml for the
   template itself, so the bound sits above the usual ~2000 ml).
@@ -23,33 +27,45 @@ import os
 
 import numpy as np
 
-NCC_FLOOR = 0.5
-NCC_FAIL = 0.2
+SIMILARITY_FLOOR = 0.5
+SIMILARITY_FAIL = 0.2
+SIMILARITY_BINS = 32
 BRAIN_ML_RANGE = (900.0, 2300.0)
 MAD_K = 3.0
 MIN_COHORT = 5
 LOG_DET_MAX = 0.6
 FOV_MIN = 0.95
 
-COLUMNS = ("split", "subject", "status", "reason", "seconds", "ncc",
+COLUMNS = ("split", "subject", "status", "reason", "seconds", "similarity",
            "brain_ml", "brain_frame_fraction", "fov_coverage", "det",
            "scales", "flag")
 
 
-def ncc(a, b, mask):
-  """Normalised cross-correlation of two arrays inside `mask`."""
-  a = np.asarray(a, np.float64)[mask > 0]
-  b = np.asarray(b, np.float64)[mask > 0]
-  a, b = a - a.mean(), b - b.mean()
-  denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
-  return float((a * b).sum() / denom) if denom > 0 else 0.0
+def similarity(image, template, mask, bins=SIMILARITY_BINS):
+  """Correlation ratio eta of `image` on `template` inside `mask`, in [0, 1].
+
+  eta^2 = Var(E[image | template bin]) / Var(image), the template binned at
+  its quantiles inside the mask: 1 when the image is any function of the
+  template's intensity, ~sqrt(bins / voxels) for unrelated noise.
+  """
+  x = np.asarray(template, np.float64)[mask > 0]
+  y = np.asarray(image, np.float64)[mask > 0]
+  total = float(((y - y.mean())**2).sum())
+  if total <= 0 or x.size < 2:
+    return 0.0
+  edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))
+  which = np.searchsorted(edges, x, side="right")
+  count = np.bincount(which)
+  mean = np.bincount(which, weights=y) / np.maximum(count, 1)
+  between = float((count * (mean - y.mean())**2).sum())
+  return math.sqrt(between / total)
 
 
 def subject_flags(row):
   """Named reasons (list of str) why one finished subject looks unusual."""
   flags = []
-  if row["ncc"] < NCC_FLOOR:
-    flags.append(f"low_similarity(ncc<{NCC_FLOOR})")
+  if row["similarity"] < SIMILARITY_FLOOR:
+    flags.append(f"low_similarity(eta<{SIMILARITY_FLOOR})")
   lo, hi = BRAIN_ML_RANGE
   if not lo <= row["brain_ml"] <= hi:
     flags.append(f"brain_volume_out_of_range({lo:g}-{hi:g}ml)")

@@ -264,14 +264,32 @@ def _load_modality(path, reference, ref_affine, ref_shape):
   return data, affine, rigid
 
 
+def _load_lesion(subject, shape, affine):
+  """(lesion, ignore) masks of a subject on its image's grid, or (None, None).
+
+  A layout with a label map (`Subject.labels`: BraTS' tumour regions, WMH's
+  label 2 'other pathology') is split into lesion and ignored voxels with the
+  layout's own rule, which also rejects values outside the dataset's set;
+  other masks are binarised (> 0 is lesion).
+  """
+  if subject.mask is None:
+    return None, None
+  labels = getattr(subject, "labels", None)
+  if labels is None:
+    return nifti.load_mask(subject.mask, shape, affine,
+                           image_path=subject.image), None
+  from genjax.data import layouts  # pylint: disable=g-import-not-at-top
+  lesion, ignore = layouts.load_labels(subject.mask, labels, shape, affine,
+                                       image_path=subject.image)
+  return lesion, (ignore if ignore.any() else None)
+
+
 def _process(split, subject, out_dir, settings):
   """Runs one subject; returns its QC row (raises PreprocessError)."""
   s = register.sitk()
   try:
     image, affine = nifti.load_volume(subject.image)
-    lesion = (nifti.load_mask(subject.mask, image.shape, affine,
-                              image_path=subject.image)
-              if subject.mask is not None else None)
+    lesion, ignore = _load_lesion(subject, image.shape, affine)
     user_brain = (nifti.load_mask(subject.brain, image.shape, affine,
                                   image_path=subject.image)
                   if subject.brain is not None else None)
@@ -300,12 +318,12 @@ def _process(split, subject, out_dir, settings):
   t1, template_brain, grid = register.template_on(settings.grid)
   moved = register.resample(corrected, affine, reg.transform, grid,
                             settings.interpolation)
-  similarity = qc.ncc(moved, t1, template_brain)
-  if similarity < qc.NCC_FAIL:
+  similarity = qc.similarity(moved, t1, template_brain)
+  if similarity < qc.SIMILARITY_FAIL:
     raise PreprocessError(
         "not_a_brain",
         f"{subject.image}: after registration its correlation with the "
-        f"MNI152 template is {similarity:.2f} (< {qc.NCC_FAIL}): not a brain "
+        f"MNI152 template is {similarity:.2f} (< {qc.SIMILARITY_FAIL}): not a brain "
         "scan, or registration failed.")
   voxel_mm = float(abs(np.linalg.det(grid.affine[:3, :3])) ** (1 / 3))
   if user_brain is not None:  # The user's mask wins.
@@ -313,6 +331,11 @@ def _process(split, subject, out_dir, settings):
                               "nearest")
   else:
     brain = skullstrip.brain_mask(moved, template_brain, voxel_mm)
+  if ignore is not None:
+    # Voxels the dataset labels neither lesion nor healthy (WMH label 2)
+    # leave the brain mask, so detection scores them neither way.
+    brain = brain * (1 - register.resample(ignore, affine, reg.transform,
+                                           grid, "nearest"))
   inside = register.resample(np.ones(image.shape, np.uint8), affine,
                              reg.transform, grid, "nearest")
   outputs = {"image": (moved * brain).astype(np.float32), "brain": brain}
@@ -342,7 +365,7 @@ def _process(split, subject, out_dir, settings):
   qc.save_png(paths["png"], moved, template_brain, brain > 0,
               title=f"{subject.subject_id} ({split})")
   row = {
-      "ncc": similarity,
+      "similarity": similarity,
       "brain_ml": float(brain.sum() * voxel_mm**3 * reg.determinant / 1e3),
       "brain_frame_fraction": float(brain.mean()),
       "fov_coverage": float(inside[template_brain].mean()),
@@ -361,7 +384,7 @@ def process_subject(split, subject, out_dir, settings):
   """
   start = time.time()
   row = {"split": split, "subject": subject.subject_id, "status": "ok",
-         "reason": "", "flag": "", "seconds": 0.0, "ncc": float("nan"),
+         "reason": "", "flag": "", "seconds": 0.0, "similarity": float("nan"),
          "brain_ml": float("nan"), "brain_frame_fraction": float("nan"),
          "fov_coverage": float("nan"), "det": float("nan"), "scales": []}
   try:
