@@ -36,7 +36,16 @@ Thresholds and metrics (written to DIR/detect/metrics.json):
   slice_auroc, slice_auprc
                       slice level against `label`; slice score = mean of the
                       `anomaly.slice_top_k` largest residuals (or the hook's);
-  dice_per_subject_*  3D Dice per test subject with lesions, at `threshold`.
+  dice_per_subject_*  3D Dice per test subject with lesions, at `threshold`;
+  threshold_val, dice_val, dice_at_val_threshold, dice_per_subject_val_*
+                      the threshold maximising Dice on the validation
+                      PATIENTS (genjax.protocol: held out of the eval split
+                      by anomaly.patient_val_fraction, or val_split's
+                      own patients), the Dice it reaches there, and its
+                      Dice on test: the published protocol's number;
+  lesions             lesion-wise detection by size at threshold_val (else
+                      `threshold`), genjax.metrics.lesions.
+Every test number excludes the validation patients.
 
 Pixel metrics come from streamed histograms of the residuals (positives and
 negatives separately, `anomaly.histogram_bins` bins on
@@ -46,7 +55,8 @@ with scikit-learn). Padding examples (`valid` False) never count.
 
 Beside metrics.json, DIR/detect/subject_histograms.npz holds each test
 subject's own pixel histograms (`pos`, `neg` [S, bins], rows summing to the
-pooled ones) and the validation `threshold`, so that metrics can be
+pooled ones; the validation patients' rows flagged by `validation`),
+`threshold` and `threshold_val`, so that metrics can be
 recomputed on any resample of subjects (`load_subject_histograms`,
 `pooled_histogram`; the bootstrap of experiments/ablations uses them), and
 DIR/detect/examples.npz the arrays of the figure's slices (image, mask,
@@ -77,18 +87,21 @@ import numpy as np
 import tensorflow as tf
 
 from genjax import parallel
+from genjax import protocol
 from genjax import train
 from genjax import viz
 from genjax.data import builders
 from genjax.data import nifti
 from genjax.data import pipeline
 from genjax.metrics import detection
+from genjax.metrics import lesions
 
 # --- Config fields read with defaults -----------------------------------------
 # The detector's fields of config.anomaly (configs/base.py documents them).
 ANOMALY_FIELDS = ("median_filter", "num_reconstructions", "healthy_fpr",
                   "slice_score", "slice_top_k", "histogram_bins",
-                  "histogram_max", "num_figure_slices", "write_maps")
+                  "histogram_max", "num_figure_slices", "write_maps",
+                  "patient_val_fraction")
 
 
 def anomaly_options(config):
@@ -112,6 +125,10 @@ def anomaly_options(config):
   if not (isinstance(opts["slice_top_k"], int) and opts["slice_top_k"] >= 1):
     raise ValueError(f"config.anomaly.slice_top_k={opts['slice_top_k']!r}: "
                      "must be an integer >= 1.")
+  f = opts["patient_val_fraction"]
+  if not (isinstance(f, (int, float)) and 0.0 <= f < 1.0):
+    raise ValueError(f"config.anomaly.patient_val_fraction={f!r}: must be "
+                     "in [0, 1) (0: no patients held out for validation).")
   if not (opts["histogram_bins"] >= 16 and opts["histogram_max"] > 0):
     raise ValueError("config.anomaly.histogram_bins must be >= 16 and "
                      "histogram_max > 0.")
@@ -509,9 +526,13 @@ def has_split(data_config, split):
   return all(name in builder.info.splits for name in names)
 
 
-def scored_batches(config, score_fn, state, split, rng, mesh):
-  """Yields (host batch, host outputs) over `split`, numpy."""
-  for i, batch in enumerate(eval_batches(config, split)):
+def scored_batches(config, score_fn, state, split, rng, mesh, keep=None):
+  """Yields (host batch, host outputs) over `split` (the subjects for which
+  keep(subject) holds; default all), numpy."""
+  batches = eval_batches(config, split)
+  if keep is not None:
+    batches = protocol.select_subjects(batches, keep)
+  for i, batch in enumerate(batches):
     images, brain = batch_to_device(batch, mesh, config.eval.batch_size)
     out = score_fn(state, images, brain, jax.random.fold_in(rng, i))
     out = jax.tree.map(np.asarray, jax.device_get(out))
@@ -535,13 +556,14 @@ def healthy_threshold(config, score_fn, state, rng, mesh, opts):
   """
   split = config.data.val_split
   if not has_split(config.data, split):
-    return {"threshold": None, "threshold_status": (
+    return {"threshold": None, "_patients": {}, "threshold_status": (
         f"the dataset has no split {split!r} (config.data.val_split): no "
         "healthy data to choose a threshold on, so dice_at_threshold and the "
         "per-subject Dice are not computed.")}
   hist = new_histogram(opts)
-  n_slices = 0
+  n_slices, subject_hists = 0, {}
   for batch, out in scored_batches(config, score_fn, state, split, rng, mesh):
+    update_subject_hists(subject_hists, batch, out["residual"], opts)
     use = np.asarray(batch["valid"], bool) & (batch["label"] == 0)
     n_slices += int(use.sum())
     inside = batch["brain"][use][..., 0] > 0.5
@@ -550,7 +572,9 @@ def healthy_threshold(config, score_fn, state, rng, mesh, opts):
   threshold, _, fpr = histogram_threshold_at_fpr(hist, opts["healthy_fpr"])
   result = {"threshold": threshold, "threshold_fpr_validation": fpr,
             "n_validation_slices": n_slices,
-            "n_validation_pixels": hist.num_neg}
+            "n_validation_pixels": hist.num_neg,
+            # Patients of val_split, if any, are the lesion validation set.
+            "_patients": {s: h for s, h in subject_hists.items() if h.num_pos}}
   if threshold is None:
     result["threshold_status"] = (
         f"split {split!r} has no healthy brain pixels after the filters.")
@@ -593,6 +617,29 @@ class MapWriter:
     return self.paths
 
 
+def update_subject_hists(hists, batch, residual, opts):
+  """Adds each valid slice's brain pixels to its subject's ScoreHistogram."""
+  brain = batch["brain"][..., 0] > 0.5
+  lesion = (batch["mask"][..., 0] > 0.5) & brain
+  residual = np.asarray(residual)[..., 0]
+  for i in np.nonzero(np.asarray(batch["valid"], bool))[0]:
+    hist = hists.setdefault(str(batch["subject"][i]), new_histogram(opts))
+    hist.update(residual[i][brain[i]], lesion[i][brain[i]])
+
+
+def voxel_ml_fn(geometry, size):
+  """subject -> ml of one model-grid voxel (None without an affine)."""
+  def voxel_ml(subject):
+    g = geometry[subject]
+    if not np.any(g["affine"]):
+      return None
+    height, width = next(iter(g["shapes"].values()))
+    _, _, new_h, new_w = fit_geometry(height, width, size)
+    return (abs(np.linalg.det(g["affine"][:3, :3])) / 1000.0 * height * width
+            / (new_h * new_w))
+  return voxel_ml
+
+
 def _keep_largest(heap, key, item, n):
   """Keeps the n items of largest key in a min-heap of (key, item)."""
   if len(heap) < n:
@@ -625,20 +672,39 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
   val_rng, test_rng = jax.random.split(rng)
 
   chosen = healthy_threshold(config, score_fn, state, val_rng, mesh, opts)
-  split = config.data.eval_split
+  val_hists = chosen.pop("_patients")
+  split, fraction = config.data.eval_split, opts["patient_val_fraction"]
+  # The lesion validation set (genjax.protocol), scored before the test.
+  flags = (protocol.subject_lesion_flags(eval_batches(config, split))
+           if not val_hists and fraction > 0 else None)
+  lesion_val = protocol.validation_patients(val_hists, flags, fraction)
+  held_out = set(lesion_val.pop("held_out"))
+  if held_out:
+    for batch, out in scored_batches(
+        config, score_fn, state, split, jax.random.fold_in(val_rng, 1), mesh,
+        keep=held_out.__contains__):
+      update_subject_hists(val_hists, batch, out["residual"], opts)
+  val = protocol.validation_threshold(val_hists)
   hist = new_histogram(opts)
   k_val = (threshold_bin(hist, chosen["threshold"])
            if chosen["threshold"] is not None else None)
-  writer = (MapWriter(os.path.join(out_dir, "maps"),
-                      volume_geometry(config.data, split), split)
+  # Maps, figures and the lesion breakdown show the validation threshold.
+  shown = (val["threshold_val"] if val["threshold_val"] is not None
+           else chosen["threshold"])
+  k_shown = threshold_bin(hist, shown) if shown is not None else hist.bins
+  geometry = volume_geometry(config.data, split)
+  writer = (MapWriter(os.path.join(out_dir, "maps"), geometry, split)
             if opts["write_maps"] else None)
+  collector = lesions.VolumeCollector(
+      voxel_ml_fn(geometry, config.data.image_size))
   slice_score, slice_label, clipped = [], [], 0
   subjects = {}  # subject -> [tp, fp, fn, brain pixels, has lesion]
   subject_hists = {}  # subject -> its own ScoreHistogram
   figure_heap, order = [], 0
 
-  for batch, out in scored_batches(config, score_fn, state, split, test_rng,
-                                    mesh):
+  for batch, out in scored_batches(
+      config, score_fn, state, split, test_rng, mesh,
+      keep=(lambda s: s not in held_out) if held_out else None):
     valid = np.asarray(batch["valid"], bool)
     residual = out["residual"][..., 0]
     brain = batch["brain"][..., 0] > 0.5
@@ -649,21 +715,20 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
                           | (residual[inside] >= hist.high)))
     slice_score.append(out["slice_score"][valid])
     slice_label.append(batch["label"][valid])
-    flagged = brain & (hist.bin_index(residual) >= (
-        k_val if k_val is not None else hist.bins))
+    bins = hist.bin_index(residual)
+    flagged = brain & (bins >= (k_val if k_val is not None else hist.bins))
+    predicted = brain & (bins >= k_shown)
+    update_subject_hists(subject_hists, batch, out["residual"], opts)
     for i in np.nonzero(valid)[0]:
       subject, k = str(batch["subject"][i]), int(batch["slice"][i])
-      if subject not in subject_hists:
-        subject_hists[subject] = new_histogram(opts)
-      subject_hists[subject].update(residual[i][brain[i]],
-                                    lesion[i][brain[i]])
+      collector.add(subject, k, predicted[i], lesion[i])
       counts = subjects.setdefault(subject, [0, 0, 0, 0, False])
       for c, v in enumerate(dice_counts(flagged[i], lesion[i])):
         counts[c] += v
       counts[3] += int(brain[i].sum())
       counts[4] |= bool(lesion[i].any())
       if writer is not None:
-        writer.add(subject, k, residual[i], flagged[i])
+        writer.add(subject, k, residual[i], predicted[i])
       if lesion[i].any() and opts["num_figure_slices"]:
         order += 1
         _keep_largest(figure_heap, (int(lesion[i].sum()), -order), {
@@ -673,6 +738,12 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
             "residual": out["residual"][i], "subject": subject, "slice": k},
                       opts["num_figure_slices"])
   map_paths = writer.flush() if writer is not None else []
+  patients = sorted(s for s, c in subjects.items() if c[4])
+  at_val = ({s: subject_hists[s].dice_at(val["threshold_val"])
+             for s in patients} if val["threshold_val"] is not None else {})
+  lesion_table = lesions.breakdown(collector.flush(), {
+      s: subject_hists[s].dice_at(shown) for s in patients}
+                                   if shown is not None else {})
 
   scores = np.concatenate(slice_score).astype(np.float64)
   labels = np.concatenate(slice_label).astype(np.int64)
@@ -695,6 +766,16 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
                             if have_threshold and hist.num_pos else None),
       **chosen,
       "healthy_fpr": opts["healthy_fpr"],
+      "dice_at_val_threshold": (hist.dice_at(val["threshold_val"])
+                                if at_val and hist.num_pos else None),
+      **val,
+      "lesion_validation": lesion_val,
+      "dice_per_subject_val_threshold": at_val,
+      "dice_per_subject_val_threshold_mean": (
+          float(np.mean(list(at_val.values()))) if at_val else None),
+      "dice_per_subject_val_threshold_std": (
+          float(np.std(list(at_val.values()))) if at_val else None),
+      "lesions": dict(lesion_table, threshold=shown),
       "dice_per_subject_mean": (float(np.mean(dice_values)) if dice_values
                                 else None),
       "dice_per_subject_std": (float(np.std(dice_values)) if dice_values
@@ -729,7 +810,7 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
   if figure_heap:
     rows = [item for _, item in sorted(figure_heap, key=lambda e: e[0],
                                        reverse=True)]
-    shown = (chosen["threshold"] if have_threshold else threshold_best)
+    shown = threshold_best if shown is None else shown
     metrics["figure"] = os.path.relpath(detection_figure(
         rows, shown, os.path.join(out_dir, "examples.png")), out_dir)
     metrics["figure_slices"] = [f"{r['subject']}:{r['slice']}" for r in rows]
@@ -737,7 +818,7 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
         os.path.join(out_dir, "examples.npz"), rows), out_dir)
   metrics["subject_histograms"] = os.path.relpath(write_subject_histograms(
       os.path.join(out_dir, "subject_histograms.npz"), subject_hists,
-      chosen["threshold"]), out_dir)
+      chosen["threshold"], val_hists, val["threshold_val"]), out_dir)
   metrics["seconds"] = time.time() - t_start
   metrics["config"] = json.loads(config.to_json_best_effort())
   write_json(os.path.join(out_dir, "metrics.json"), metrics)
@@ -752,58 +833,10 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
 # --- Writing ------------------------------------------------------------------
 
 
-def write_subject_histograms(path, subject_hists, threshold):
-  """DIR/detect/subject_histograms.npz: each subject's pixel histograms.
-
-  Args:
-    path: the .npz to write.
-    subject_hists: {subject: ScoreHistogram} (all on the same bins).
-    threshold: the validation threshold (None: not chosen; stored as NaN).
-
-  Returns:
-    path. The file holds subjects [S] (str), pos and neg [S, bins] (int64),
-    low, high, bins and threshold; compressed (most bins are empty).
-  """
-  names = sorted(subject_hists)
-  some = subject_hists[names[0]] if names else None
-  bins = some.bins if some else 0
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez_compressed(
-      path, subjects=np.array(names, dtype=str),
-      pos=np.array([subject_hists[n].pos for n in names],
-                   np.int64).reshape(len(names), bins),
-      neg=np.array([subject_hists[n].neg for n in names],
-                   np.int64).reshape(len(names), bins),
-      low=some.low if some else 0.0, high=some.high if some else 1.0,
-      bins=bins, threshold=np.nan if threshold is None else threshold)
-  return path
-
-
-def load_subject_histograms(path):
-  """Reads `write_subject_histograms`' file.
-
-  Returns:
-    dict: subjects (list of str), pos, neg ([S, bins] int64), low, high
-    (floats), threshold (float or None).
-  """
-  with np.load(path) as f:
-    threshold = float(f["threshold"])
-    return {"subjects": [str(s) for s in f["subjects"]],
-            "pos": f["pos"], "neg": f["neg"], "low": float(f["low"]),
-            "high": float(f["high"]),
-            "threshold": None if np.isnan(threshold) else threshold}
-
-
-def pooled_histogram(data, rows=None):
-  """One ScoreHistogram summing the subjects `rows` (default: all) of
-  `load_subject_histograms`' dict; repeated rows count repeatedly."""
-  rows = np.arange(len(data["subjects"])) if rows is None else np.asarray(
-      rows, np.int64)
-  hist = detection.ScoreHistogram(data["low"], data["high"],
-                                  data["pos"].shape[1])
-  hist.pos = data["pos"][rows].sum(axis=0)
-  hist.neg = data["neg"][rows].sum(axis=0)
-  return hist
+# Per-subject histograms live with the protocol that splits subjects.
+write_subject_histograms = protocol.write_subject_histograms
+load_subject_histograms = protocol.load_subject_histograms
+pooled_histogram = protocol.pooled_histogram
 
 
 def write_examples(path, rows):
@@ -896,6 +929,12 @@ def write_detect_report(path, metrics, command):
       f"| threshold | {fmt(m['threshold'])} | residual exceeded by "
       f"{fmt(m.get('threshold_fpr_validation'))} of healthy validation brain "
       f"pixels (target healthy_fpr={m['healthy_fpr']}) |",
+      f"| dice_at_val_threshold | {fmt(m.get('dice_at_val_threshold'))} | "
+      "Dice of all test brain pixels at `threshold_val` (the protocol's "
+      "number) |",
+      f"| threshold_val | {fmt(m.get('threshold_val'))} | maximises Dice on "
+      f"the {m.get('n_validation_patients', 0)} validation patients' pixels "
+      f"(reaching dice_val = {fmt(m.get('dice_val'))}) |",
       f"| dice_best | {fmt(m['dice_best'])} | **upper bound**: best Dice "
       "over thresholds chosen on the test labels |",
       f"| threshold_best | {fmt(m['threshold_best'])} | the threshold of "
@@ -917,13 +956,19 @@ def write_detect_report(path, metrics, command):
       f"[0, {m['options']['histogram_max']}] "
       f"({m['histogram_clipped_pixels']} pixels clipped to the edge bins).",
   ]
+  lines += ["", *protocol.report_lines(m)]
+  if m.get("lesions"):
+    lines += ["", *lesions.markdown(m["lesions"])]
   if m.get("threshold_status"):
     lines += ["", f"Threshold: {m['threshold_status']}"]
   if m.get("slice_status"):
     lines += ["", f"Slice level: {m['slice_status']}"]
   if m["dice_per_subject"]:
-    lines += ["", "| subject | Dice at threshold |", "|---|---|"]
-    lines += [f"| {s} | {fmt(d)} |" for s, d in m["dice_per_subject"].items()]
+    at_val = m.get("dice_per_subject_val_threshold") or {}
+    lines += ["", "| subject | Dice at threshold | Dice at threshold_val |",
+              "|---|---|---|"]
+    lines += [f"| {s} | {fmt(d)} | {fmt(at_val.get(s))} |"
+              for s, d in m["dice_per_subject"].items()]
   if m.get("figure"):
     lines += ["", f"![examples]({m['figure']})", "",
               "Rows: lesion slices with the largest lesions "

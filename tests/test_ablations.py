@@ -168,6 +168,12 @@ def test_noise_level_sweep_writes_consistent_tables_and_resumes(trained_ddpm):
   md = open(os.path.join(root, "results.md")).read()
   for row in rows:
     assert common.fmt(float(row["auprc"]), 3) in md
+  # t chosen per noise by the validation patients' AUPRC.
+  for noise in noises:
+    sel = [r for r in rows if r["noise"] == noise]
+    best = max(sel, key=lambda r: (float(r["auprc_val"]), -int(r["t"])))
+    assert [r["t"] for r in sel if r["chosen"] == "True"] == [best["t"]]
+  assert "chosen on validation patients (1 subjects), reported on test " in md
   for name in ("metrics.png", "residuals_gaussian.png",
                "residuals_simplex.png", "results.json"):
     assert os.path.getsize(os.path.join(root, name)) > 0
@@ -212,6 +218,8 @@ def test_compare_models_tables_figures_and_resume(tmp_path, phantom_data_dir):
     assert by_key["fid"][m] == ""  # No Inception weights: null, not faked.
     assert float(by_key["auprc"][m]) == det["auprc"]
     assert float(by_key["dice_best"][m]) == det["dice_best"]
+    assert float(by_key["dice_at_val_threshold"][m]) == det[
+        "dice_at_val_threshold"]
   md = open(os.path.join(workdir, "comparison.md")).read()
   assert "NOT FID" in md
   assert anomaly.fmt(float(by_key["auprc"]["gan"])) in md
@@ -373,6 +381,24 @@ def test_wilson_interval_matches_scipy(k, n):
   lo, hi = ci.wilson_interval(k / n, n)
   assert lo == pytest.approx(ref.low, abs=1e-7)
   assert hi == pytest.approx(ref.high, abs=1e-7)
+
+
+def test_noise_level_chooses_t_by_validation_auprc():
+  from experiments.ablations import noise_level
+  # Fake sweep rows: test AUPRC peaks at t=100, validation AUPRC at t=50;
+  # the choice must follow validation (and prefer the smaller t on ties).
+  rows = [{"noise": "gaussian", "t": t, "auprc": a, "auprc_val": v}
+          for t, a, v in ((25, 0.2, 0.30), (50, 0.3, 0.41), (100, 0.5, 0.40),
+                          (200, 0.1, 0.41))]
+  rows += [{"noise": "simplex", "t": 50, "auprc": 0.4, "auprc_val": None},
+           {"noise": "simplex", "t": 100, "auprc": 0.2, "auprc_val": 0.2}]
+  assert noise_level.choose(rows) == {"gaussian": 50, "simplex": 100}
+  assert [r["t"] for r in rows if r["chosen"]] == [50, 100]
+  sentence = common.protocol_sentence({
+      "lesion_validation": {"source": "eval_split", "subjects": ["a", "b"]},
+      "n_test_subjects": 5})
+  assert ("chosen on validation patients (2 subjects), reported on test "
+          "(5 subjects)") in sentence
 
 
 def test_model_evaluations_follow_the_samplers_step_density():

@@ -25,6 +25,7 @@ import scipy.ndimage
 from sklearn import metrics as skm
 
 from genjax import anomaly
+from genjax import protocol
 from genjax.data import builders
 from genjax.data import pipeline
 from genjax.methods import Method
@@ -248,15 +249,34 @@ def _dice(pred, target):
   return 2 * np.sum(pred & target) / (np.sum(pred) + np.sum(target))
 
 
-def test_detector_metrics_match_sklearn(smoke_config, tmp_path):
+def _best_dice_numpy(scores, truth):
+  """(Dice, threshold) maximising Dice over every distinct score."""
+  return max((_dice(scores >= s, truth), s) for s in np.unique(scores))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25])
+def test_detector_metrics_match_sklearn(smoke_config, tmp_path, fraction):
   config = smoke_config()
   config.anomaly.median_filter = 3
   config.anomaly.slice_top_k = 10
+  config.anomaly.patient_val_fraction = fraction
   method, offsets = _fake_method(config, 0.6, 0.4)
   m = anomaly.detect(config, method, FakeState(jnp.zeros((), jnp.int32)),
                      str(tmp_path))
   test = _reference(config, "test", offsets, 3)
   val = _reference(config, "validation", offsets, 3)
+  # The validation patients, split here from the reference's own subjects.
+  patients = sorted({s for s, les in zip(test["subject"], test["lesion"])
+                     if les.any()})
+  assert len(patients) == 2  # The tiny phantom's test split.
+  held = protocol.split_patients(patients, fraction)[0]
+  assert len(held) == (0 if fraction == 0 else 1)
+  assert m["lesion_validation"]["subjects"] == held
+  assert m["lesion_validation"]["source"] == ("eval_split" if held else None)
+  is_val = np.isin(test["subject"], held)
+  vp = {k: v[is_val] for k, v in test.items()}
+  test = {k: v[~is_val] for k, v in test.items()}
+  assert m["n_test_subjects"] == len(np.unique(test["subject"]))
   assert m["n_test_slices"] == len(test["label"])  # Padding not counted.
   assert m["n_test_slices"] < sum(len(b["valid"]) for b in
                                   _batches(config, "test"))
@@ -270,7 +290,7 @@ def test_detector_metrics_match_sklearn(smoke_config, tmp_path):
                                      abs=1e-3)
   assert m["auprc"] == pytest.approx(
       skm.average_precision_score(truth, scores), abs=2e-3)
-  assert 0.6 < m["auroc"] < 0.999  # Non-trivial: the test can fail.
+  assert 0.55 < m["auroc"] < 0.999  # Non-trivial: the test can fail.
 
   # The threshold flags at most healthy_fpr of healthy validation pixels.
   healthy = val["residual"][val["brain"]]
@@ -283,6 +303,30 @@ def test_detector_metrics_match_sklearn(smoke_config, tmp_path):
   best = max(_dice(scores >= s, truth) for s in np.unique(scores[truth]))
   assert m["dice_best"] == pytest.approx(best, abs=0.01)
   assert m["dice_best"] >= m["dice_at_threshold"]
+
+  # The validation threshold: Dice's argmax over the validation patients'
+  # pixels only, then applied to the test pixels.
+  if held:
+    v_scores, v_truth = vp["residual"][vp["brain"]], vp["lesion"][vp["brain"]]
+    dice_val, _ = _best_dice_numpy(v_scores, v_truth)
+    assert m["dice_val"] == pytest.approx(dice_val, abs=0.01)
+    # Exactly: the argmax over the 16384 bin edges of the rounded scores.
+    q = np.floor(v_scores * 16384 / 2.0).astype(int)
+    flagged = np.cumsum(np.bincount(q, minlength=16384)[::-1])[::-1]
+    hits = np.cumsum(np.bincount(q[v_truth], minlength=16384)[::-1])[::-1]
+    k = int(np.argmax(2 * hits / (flagged + v_truth.sum())))
+    assert m["threshold_val"] == pytest.approx(k * 2.0 / 16384, abs=1e-9)
+    assert _dice(v_scores >= m["threshold_val"], v_truth) == pytest.approx(
+        m["dice_val"], abs=1e-6)
+    assert m["dice_at_val_threshold"] == pytest.approx(
+        _dice(scores >= m["threshold_val"], truth), abs=1e-6)
+    assert m["auprc_val"] == pytest.approx(
+        skm.average_precision_score(v_truth, v_scores), abs=2e-3)
+    # The test subjects' pooled pixels are not the validation ones.
+    assert abs(skm.average_precision_score(
+        np.r_[truth, v_truth], np.r_[scores, v_scores]) - m["auprc"]) > 1e-3
+  else:
+    assert m["threshold_val"] is None and m["dice_at_val_threshold"] is None
 
   # Per-subject 3D Dice at the threshold, subjects with lesions only.
   want = {}
@@ -343,6 +387,11 @@ def test_perfect_detector_maps_the_lesions(smoke_config, tmp_path):
   assert m["dice_at_threshold"] == 1.0 and m["dice_best"] == 1.0
   assert m["dice_per_subject_mean"] == 1.0
   assert m["healthy_subject_fp_fraction_mean"] == 0.0
+  assert m["dice_val"] == 1.0 and m["dice_at_val_threshold"] == 1.0
+  # Every test lesion found, no false-positive component.
+  assert m["lesions"]["n_lesions"] > 0 and m["lesions"]["detection_rate"] == 1
+  assert m["lesions"]["fp_components_per_subject_mean"] == 0
+  held = m["lesion_validation"]["subjects"]
 
   # The prediction maps hold the ground truth, at its voxels.
   kept = collections.defaultdict(set)
@@ -353,6 +402,9 @@ def test_perfect_detector_maps_the_lesions(smoke_config, tmp_path):
   lesion_voxels = 0
   for ex in builders.load_split(config.data, "test").as_numpy_iterator():
     s, k = ex["subject"].decode(), int(ex["slice"])
+    if s in held:  # Validation patients are not test subjects: no maps.
+      assert not (tmp_path / "maps" / f"{s}_prediction.nii.gz").exists()
+      continue
     pred = nib.load(tmp_path / "maps" / f"{s}_prediction.nii.gz")
     np.testing.assert_allclose(pred.affine, ex["affine"], atol=1e-5)
     plane = builders.display_slice(np.asarray(pred.dataobj)[:, :, k])
@@ -398,5 +450,14 @@ def test_detect_mode_end_to_end(smoke_config, tmp_path):
   assert "per-slice PNGs and .npy stacks" in text and "NIfTI with" not in text
   assert (out / "examples.png").exists()
   maps = sorted(glob.glob(str(out / "maps" / "*_anomaly.nii.gz")))
-  assert len(maps) == metrics["n_test_subjects"] == 3
+  # One of the tiny phantom's two test patients is the validation patient.
+  held = metrics["lesion_validation"]["subjects"]
+  assert len(held) == 1 and metrics["lesion_validation"]["source"] == (
+      "eval_split")
+  assert len(maps) == metrics["n_test_subjects"] == 2
+  assert not any(os.path.basename(p).startswith(held[0]) for p in maps)
+  assert "dice_at_val_threshold" in report and "Lesions by size" in report
+  data = anomaly.load_subject_histograms(out / "subject_histograms.npz")
+  assert data["val_subjects"] == held and held[0] not in data["subjects"]
+  assert data["threshold_val"] == metrics["threshold_val"]
   assert os.path.basename(maps[0]).startswith("phantom-tiny-test-")

@@ -80,8 +80,9 @@ EROSION = 2
 COLUMNS = ("remedy", "step", "lesion_error", "tissue_error",
            "lesion_tissue_ratio", "lesion_tissue_ratio_lo",
            "lesion_tissue_ratio_hi", "ssim", "ssim_brain", "psnr", "auprc",
-           "auprc_lo", "auprc_hi", "auroc", "dice_at_threshold", "dice_best",
-           "lesion_like_fraction", "lesion_like_lo", "lesion_like_hi",
+           "auprc_lo", "auprc_hi", "auroc", "dice_at_threshold",
+           "dice_at_val_threshold", "dice_best", "lesion_like_fraction",
+           "lesion_like_lo", "lesion_like_hi",
            "n_samples", "d_ratio", "d_ratio_lo", "d_ratio_hi", "d_auprc",
            "d_auprc_lo", "d_auprc_hi")
 # The bias measure's format; bump to recompute caches of an older one.
@@ -402,6 +403,7 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
                  **{k: recon.get(k) for k in ("ssim", "ssim_brain", "psnr")},
                  **{k: det.get(k) for k in ("auprc", "auroc",
                                             "dice_at_threshold",
+                                            "dice_at_val_threshold",
                                             "dice_best")},
                  "auprc_lo": auprc["lo"], "auprc_hi": auprc["hi"],
                  "lesion_like_fraction": lesion_like["fraction"],
@@ -431,7 +433,8 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
     outputs["reconstructions"] = figure
   outputs["markdown"] = write_markdown(
       os.path.join(workdir, "imbalance.md"), rows, reference, configs,
-      command, outputs)
+      command, outputs, common.protocol_sentence(
+          next(iter(results.values()))["detect"]) if results else "")
   return {"rows": rows, "reference": reference, "computed": computed,
           "outputs": outputs}
 
@@ -512,8 +515,9 @@ def display_table(rows):
   w = common.with_interval
   lines = ["| remedy | lesion error | tissue error | lesion/tissue "
            "[95%] | Δ vs baseline [95%, paired] | SSIM | PSNR | AUPRC [95%] "
-           "| Δ vs baseline [95%, paired] | Dice@thr | lesion-like "
-           "samples [95%] |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| Δ vs baseline [95%, paired] | Dice@thr | Dice@val thr | "
+           "lesion-like samples [95%] |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     ratio = w(r["lesion_tissue_ratio"], r["lesion_tissue_ratio_lo"],
               r["lesion_tissue_ratio_hi"], 2)
@@ -529,12 +533,14 @@ def display_table(rows):
              common.fmt(r["ssim"], 3), common.fmt(r["psnr"], 1), auprc,
              d_auprc,
              common.fmt(r["dice_at_threshold"], 3),
+             common.fmt(r.get("dice_at_val_threshold"), 3),
              f"{like} (n={r['n_samples']})"]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
 
-def write_markdown(path, rows, reference, configs, command, outputs):
+def write_markdown(path, rows, reference, configs, command, outputs,
+                   protocol=""):
   ref = reference
   lines = [
       "# Class imbalance: remedies for the VAE's healthy bias", "",
@@ -556,7 +562,9 @@ def write_markdown(path, rows, reference, configs, command, outputs):
       "slices; lesion_tissue_ratio = their ratio (high: lesions are "
       "reconstructed as healthy tissue).",
       "- ssim, ssim_brain, psnr: healthy test slices (eval/metrics.json); "
-      "auprc, auroc, dice_*: the detector (detect/metrics.json).",
+      "auprc, auroc, dice_*: the detector (detect/metrics.json); Dice@thr "
+      "at the healthy-FPR threshold, Dice@val thr at the threshold "
+      "maximising Dice on the validation patients. " + protocol,
       f"- lesion_like_fraction: fraction of prior samples with an "
       f"8-connected region of at least {ref['min_pixels']} pixels inside the "
       f"(eroded) brain darker than {ref['threshold']:.4f}, the "

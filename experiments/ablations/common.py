@@ -275,10 +275,14 @@ def train_eval_detect(config, run_dir, *, force=False, command=None,
 # --- Bootstrap over subjects --------------------------------------------------
 
 
-def histogram_metrics(hist, threshold):
-  """The detector's pixel metrics of one ScoreHistogram (None: undefined)."""
+def histogram_metrics(hist, threshold, threshold_val=None):
+  """The detector's pixel metrics of one ScoreHistogram (None: undefined);
+  threshold_val is the one chosen on the validation patients."""
   defined = anomaly._defined  # pylint: disable=protected-access
   return {
+      "dice_at_val_threshold": (hist.dice_at(threshold_val)
+                                if threshold_val is not None and hist.num_pos
+                                else None),
       "auroc": defined(hist.auroc),
       "auprc": defined(hist.auprc),
       "dice_at_threshold": (hist.dice_at(threshold)
@@ -292,6 +296,8 @@ def bootstrap_subjects(data, num_resamples=1000, seed=0, level=0.95,
                        resamples=None):
   """Percentile bootstrap of the pixel metrics over test subjects.
 
+  Only TEST subjects are resampled (`load_subject_histograms` keeps the
+  validation patients apart); the thresholds stay those of the detector.
   Subjects (with their every pixel) are drawn with replacement, as many as
   there are; each resample's metrics are recomputed from the sum of the
   drawn subjects' histograms, so pixels of one subject stay together (they
@@ -315,12 +321,13 @@ def bootstrap_subjects(data, num_resamples=1000, seed=0, level=0.95,
   if resamples is None:
     resamples = subject_resamples(n, num_resamples, seed)
   resamples = np.asarray(resamples, np.int64)
+  threshold_val = data.get("threshold_val")
   point = histogram_metrics(anomaly.pooled_histogram(data),
-                            data["threshold"])
+                            data["threshold"], threshold_val)
   values = {k: [] for k in point}
   for rows in resamples:
     for k, v in histogram_metrics(anomaly.pooled_histogram(data, rows),
-                                  data["threshold"]).items():
+                                  data["threshold"], threshold_val).items():
       if v is not None:
         values[k].append(v)
   return {k: {"value": v, **percentile_interval(values[k], level)}
@@ -365,7 +372,24 @@ def subject_resamples(n, num_resamples=1000, seed=0):
 def metric_draws(data, metric, resamples):
   """The detector's `metric` on each resample of `data`'s subjects."""
   return [histogram_metrics(anomaly.pooled_histogram(data, rows),
-                            data["threshold"])[metric] for rows in resamples]
+                            data["threshold"], data.get("threshold_val"))[
+                                metric] for rows in resamples]
+
+
+def protocol_sentence(metrics):
+  """'chosen on validation patients (N subjects), reported on test (M
+  subjects)' from a detector's metrics.json."""
+  v = metrics.get("lesion_validation") or {}
+  if not v.get("source"):
+    return ("No validation patients (anomaly.patient_val_fraction=0 or too "
+            "few patients): nothing is chosen on validation; reported on "
+            f"test ({metrics.get('n_test_subjects')} subjects).")
+  source = ("data.val_split" if v["source"] == "val_split" else
+            "held out of the eval split")
+  return (f"threshold_val (and t) chosen on validation patients "
+          f"({len(v['subjects'])} subjects), reported on test "
+          f"({metrics.get('n_test_subjects')} subjects); validation "
+          f"patients {source}: {', '.join(v['subjects'])}.")
 
 
 # --- Tables -------------------------------------------------------------------

@@ -70,6 +70,10 @@ DETECT_ROWS = (
     ("detection", "auprc", "pixel AUPRC"),
     ("detection", "dice_at_threshold", "Dice at the healthy threshold"),
     ("detection", "threshold", "that threshold (residual)"),
+    ("detection", "dice_at_val_threshold",
+     "Dice at the threshold chosen on validation patients"),
+    ("detection", "threshold_val", "that threshold (residual)"),
+    ("detection", "dice_val", "its Dice on the validation patients"),
     ("detection", "dice_best", "best Dice (upper bound, test labels)"),
     ("detection", "dice_per_subject_mean", "per-subject Dice, mean"),
     ("detection", "dice_per_subject_std", "per-subject Dice, std"),
@@ -237,7 +241,10 @@ def write_markdown(path, rows, results, variant, command, outputs):
             "random conv net: download-free, comparable between these "
             "methods (same image size, same real slices), but NOT FID. "
             "Each method's own eval/report.md and detect/report.md hold the "
-            "details."]
+            "details.", "",
+            "Detection: " + " ".join(
+                f"{m}: {common.protocol_sentence(r['detect'])}"
+                for m, r in results.items())]
   for key in ("samples", "reconstructions", "residuals"):
     if key in outputs:
       lines += ["", f"![{key}]({os.path.basename(outputs[key])})"]

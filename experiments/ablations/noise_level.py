@@ -15,10 +15,13 @@ outputs exist for the same checkpoint and config is not recomputed.
 Then writes, in WORKDIR/ablations/noise_level/:
   results.csv, results.md, results.json
       one row per (noise, t): pixel AUPRC, AUROC, Dice at the healthy
-      validation threshold and best Dice (upper bound), each with a
+      validation threshold, Dice at the threshold chosen on the validation
+      patients (genjax.protocol) and best Dice (upper bound), each with a
       bootstrap interval over test subjects (subjects resampled with
       replacement, metrics recomputed from their pixel histograms), slice
       AUROC/AUPRC and the detector's seconds;
+  Per noise, the t with the best validation-patient AUPRC (`auprc_val`) is
+  marked `chosen`: t is chosen on validation and reported on test.
   metrics.png   AUPRC and Dice against t, one line per noise, error bars =
                 the bootstrap interval;
   residuals_<noise>.png
@@ -48,10 +51,17 @@ from genjax.diffusion import schedules
 DEFAULT_LEVELS = (25, 50, 100, 200, 300, 400, 500, 750)
 DEFAULT_NOISES = ("gaussian", "simplex")
 SAMPLERS = {"ancestral": "ddpm", "ddpm": "ddpm", "ddim": "ddim"}
-METRICS = ("auprc", "auroc", "dice_at_threshold", "dice_best")
+METRICS = ("auprc", "auroc", "dice_at_threshold", "dice_at_val_threshold",
+           "dice_best")
+# What t is chosen by: the validation patients' pixel AUPRC (threshold-free,
+# so t is chosen before, and independently of, the threshold).
+SELECT_BY = "auprc_val"
+VALIDATION = ("auprc_val", "dice_val", "threshold_val",
+              "n_validation_patients")
 
-COLUMNS = (["noise", "t", "sampler", "model_evals", "step"]
+COLUMNS = (["noise", "t", "chosen", "sampler", "model_evals", "step"]
            + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
+           + list(VALIDATION)
            + ["slice_auroc", "slice_auprc", "dice_per_subject_mean",
               "threshold", "n_test_subjects", "seconds"])
 
@@ -80,6 +90,28 @@ def level_config(config, noise, t):
   common.set_field(cfg, "anomaly.noise", noise)
   common.set_field(cfg, "anomaly.noise_level", int(t))
   return common.validate(cfg)
+
+
+def choose(rows, key=SELECT_BY):
+  """Marks, per noise, the t with the best validation score.
+
+  Args:
+    rows: the sweep's rows (dicts with noise, t and `key`).
+    key: the validation metric maximised (ties: the smaller t, cheaper).
+
+  Returns:
+    {noise: chosen t} (a noise without any validation score is absent);
+    each row's "chosen" is set to True or False.
+  """
+  chosen = {}
+  for row in rows:
+    best = chosen.get(row["noise"])
+    if row.get(key) is not None and (best is None or (
+        row[key], -row["t"]) > (best[key], -best["t"])):
+      chosen[row["noise"]] = row
+  for row in rows:
+    row["chosen"] = chosen.get(row["noise"]) is row
+  return {noise: row["t"] for noise, row in chosen.items()}
 
 
 def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
@@ -121,20 +153,24 @@ def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
     for m in METRICS:
       row[m] = metrics[m]
       row[f"{m}_lo"], row[f"{m}_hi"] = boot[m]["lo"], boot[m]["hi"]
-    for key in ("slice_auroc", "slice_auprc", "dice_per_subject_mean",
-                "threshold", "n_test_subjects", "seconds"):
+    for key in VALIDATION + ("slice_auroc", "slice_auprc",
+                             "dice_per_subject_mean", "threshold",
+                             "n_test_subjects", "seconds"):
       row[key] = metrics.get(key)
     rows.append(row)
+    protocol = common.protocol_sentence(metrics)
     if metrics.get("examples"):
       examples[(noise, t)] = os.path.join(out_dir, metrics["examples"])
     logging.info("noise=%s t=%d: AUPRC %s, Dice %s (%.0f s)", noise, t,
                  row["auprc"], row["dice_at_threshold"], row["seconds"])
 
+  chosen = choose(rows)
   outputs = {
       "csv": common.write_csv(os.path.join(root, "results.csv"), rows,
                               COLUMNS),
       "json": common.write_json(os.path.join(root, "results.json"), {
           "workdir": workdir, "command": command, "rows": rows,
+          "chosen": chosen, "chosen_by": SELECT_BY,
           "bootstrap": {"resamples": num_resamples, "seed": seed,
                         "level": 0.95, "unit": "test subject"}}),
       "plot": plot_metrics(rows, noises, os.path.join(root, "metrics.png")),
@@ -146,17 +182,18 @@ def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
       outputs[f"residuals_{noise}"] = residual_figure(
           paths, [int(t) for t in noise_levels if (noise, int(t)) in examples],
           noise, os.path.join(root, f"residuals_{noise}.png"))
-  outputs["markdown"] = write_markdown(os.path.join(root, "results.md"),
-                                       rows, config, num_resamples, command,
-                                       outputs)
+  outputs["markdown"] = write_markdown(
+      os.path.join(root, "results.md"), rows, config, num_resamples,
+      command, outputs, protocol if rows else "")
   return {"rows": rows, "computed": computed, "outputs": outputs,
-          "root": root}
+          "root": root, "chosen": chosen}
 
 
 def plot_metrics(rows, noises, path):
   """AUPRC, Dice at threshold and best Dice against t, with error bars."""
   panels = (("auprc", "pixel AUPRC"),
             ("dice_at_threshold", "Dice at the healthy threshold"),
+            ("dice_at_val_threshold", "Dice at the validation threshold"),
             ("dice_best", "best Dice (upper bound)"))
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
   for ax, (key, title) in zip(axes, panels):
@@ -227,17 +264,21 @@ def residual_figure(paths, levels, noise, path):
   return path
 
 
-def write_markdown(path, rows, config, num_resamples, command, outputs):
+def write_markdown(path, rows, config, num_resamples, command, outputs,
+                   protocol=""):
   table = []
   for r in rows:
     cell = {k: r[k] for k in ("noise", "t", "sampler", "model_evals",
                               "step")}
+    cell["t"] = f"**{r['t']}** (chosen)" if r.get("chosen") else r["t"]
+    cell["auprc_val"] = common.fmt(r.get("auprc_val"), 3)
     for m in METRICS:
       cell[m] = common.with_interval(r[m], r[f"{m}_lo"], r[f"{m}_hi"])
     cell["slice_auroc"] = common.fmt(r["slice_auroc"], 3)
     cell["seconds"] = common.fmt(r["seconds"], 0)
     table.append({k: str(v) for k, v in cell.items()})
-  cols = ["noise", "t", "sampler", "model_evals", "step", *METRICS,
+  cols = ["noise", "t", "sampler", "model_evals", "step", "auprc_val",
+          *METRICS,
           "slice_auroc",
           "seconds"]
   lines = [
@@ -247,13 +288,18 @@ def write_markdown(path, rows, config, num_resamples, command, outputs):
       f"sampler `{config.anomaly.sampler}` (num_steps "
       f"{config.anomaly.num_steps}); split `{config.data.eval_split}`, "
       f"{rows[0]['n_test_subjects'] if rows else 'n/a'} subjects.", "",
+      f"**Protocol**: {protocol} Per noise, the chosen t (bold) has the "
+      f"best validation `{SELECT_BY}` (pixel AUPRC of the validation "
+      "patients); every other column is the test subjects' number, so the "
+      "chosen row is the unbiased result and the others show the trend.", "",
       common.markdown_table(table, cols), "",
       f"Brackets: 95% percentile bootstrap interval ({num_resamples} "
       "resamples of the test subjects with replacement, pixel metrics "
       "recomputed from each resample's pooled histograms). "
       "dice_at_threshold uses the threshold chosen on healthy validation "
-      "pixels at each t; dice_best is the optimistic bound chosen on the test "
-      "labels. The numbers outside the brackets are the detector's "
+      "pixels at each t, dice_at_val_threshold the Dice-optimal threshold of "
+      "the validation patients at each t; dice_best is the optimistic "
+      "bound chosen on the test labels. The numbers outside the brackets are the detector's "
       "metrics.json in `<noise>_t<t>/`. model_evals: UNet evaluations per "
       "reconstruction (anomaly.num_steps is the step density of a full run "
       "from T, so a level t takes about num_steps * t / T; None: every "
