@@ -2,18 +2,16 @@
 
 It knows nothing about a particular method: it calls the method interface
 (`genjax.methods`), jits the train step with the state donated, feeds global
-batches sharded over the device mesh, checkpoints with orbax, and writes
+batches sharded over the device mesh, checkpoints through `genjax.checkpoints`
+(which owns the workdir, its saved config and restoring), and writes
 TensorBoard events, log lines and sample grids with clu.
 
-Per-step randomness is `fold_in(rng, step)` and the input pipeline skips the
-batches already consumed, so a run restarted from a checkpoint continues
-exactly as if it had never stopped.
+Per-step randomness is `fold_in(rng, step)` and the input pipeline starts at
+the batch of the restored step, so a run restarted from a checkpoint
+continues exactly as if it had never stopped.
 """
 
 import glob
-import importlib
-import json
-import logging as std_logging
 import os
 import signal
 import threading
@@ -26,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
+from genjax import checkpoints
 from genjax import methods
 from genjax import optim
 from genjax import parallel
@@ -37,251 +35,20 @@ from genjax import viz
 from genjax.data import augment
 from genjax.data import pipeline
 from genjax.data import smote
-
-# Fields that may differ when a run is resumed (they do not change what is
-# trained); anything else differing means the workdir belongs to another run.
-# compute_dtype and grad_accum_steps change how an update is computed, not
-# which one (same parameters, same global batch), so a run can move to other
-# hardware.
-RESUMABLE_FIELDS = (
-    "train.num_steps", "train.log_every", "train.ckpt_every",
-    "train.sample_every", "train.num_samples", "train.keep_checkpoints",
-    "train.compute_dtype", "train.grad_accum_steps",
-    "data.data_dir", "data.manual_dir", "data.prefetch", "data.cache",
-    "sample.", "anomaly.", "eval.",
-)
-
-
-def _quiet_orbax():
-  """Orbax logs every save at INFO, several lines each; keep its warnings."""
-  def keep(record):
-    return (record.levelno >= std_logging.WARNING
-            or "/orbax/" not in record.pathname)
-  logging.get_absl_logger().addFilter(keep)
-
-
-_quiet_orbax()
+# The workdir, saved config and checkpoints live in genjax.checkpoints; these
+# names stay importable from here for the modes and scripts that use them.
+# pylint: disable=unused-import,g-multiple-import
+from genjax.checkpoints import (
+    RESUMABLE_FIELDS, CheckpointCorruptError, CheckpointMismatchError,
+    CheckpointReadError, WorkdirMismatchError, added_field_differences,
+    check_compatible, check_workdir_config, checkpoint_manager,
+    config_file_defaults, example_batch, flatten_config, load_state,
+    restore_or_init)
+# pylint: enable=unused-import,g-multiple-import
 
 
 class NonFiniteError(FloatingPointError):
   """Training produced NaN/inf; no checkpoint of it was written."""
-
-
-class WorkdirMismatchError(ValueError):
-  """The workdir holds a run made with a different config."""
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint's arrays do not fit the configured method/architecture."""
-
-
-def flatten_config(tree, prefix=""):
-  """A nested dict (a config as JSON) -> {'a.b.c': value}."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten_config(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def config_file_defaults(config):
-  """flatten_config of `configs/<method>.py:<variant>` for this config.
-
-  A field missing from a saved config was added to genjax after that run;
-  the run behaved as the field's default does (new fields default to the old
-  behaviour). Returns None when the config file cannot be built.
-  """
-  variant = config.get("variant", "") or None
-  try:
-    module = importlib.import_module(f"configs.{config.method}")
-    default = module.get_config(variant)
-  except Exception:  # pylint: disable=broad-except
-    return None
-  return flatten_config(json.loads(default.to_json_best_effort()))
-
-
-def added_field_differences(saved_flat, config):
-  """Fields the saved config lacks whose current value is not the default.
-
-  Args:
-    saved_flat: flatten_config of the saved config.
-    config: the current ConfigDict.
-
-  Returns:
-    Sorted field names: fields added to genjax since `saved_flat` was
-    written that `config` sets away from their default (so it asks for
-    something the saved run did not do).
-  """
-  current = flatten_config(json.loads(config.to_json_best_effort()))
-  added = [k for k in current if k not in saved_flat]
-  if not added:
-    return []
-  defaults = config_file_defaults(config)
-  if defaults is None:
-    return []
-  return sorted(k for k in added if k in defaults and current[k] != defaults[k])
-
-
-def check_workdir_config(config, workdir):
-  """Writes workdir/config.json, or checks the run there used this config.
-
-  Raises:
-    WorkdirMismatchError: listing the fields that differ.
-  """
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    a, b = flatten_config(saved), flatten_config(current)
-    # Fields the saved config lacks were added to genjax since: at their
-    # defaults they keep the old behaviour, so only those set away from their
-    # default count (added_field_differences).
-    resumable = lambda k: any(k == f or (f.endswith(".") and k.startswith(f))
-                              for f in RESUMABLE_FIELDS)
-    diff = sorted(k for k in a if a.get(k) != b.get(k) and not resumable(k))
-    added = [k for k in added_field_differences(a, config)
-             if not resumable(k)]
-    if diff or added:
-      lines = "\n".join(
-          [f"  {k}: {a.get(k)!r} (workdir) vs {b.get(k)!r} (now)"
-           for k in diff]
-          + [f"  {k}: not in the workdir's config (added to genjax since; "
-             f"that run used the default) vs {b.get(k)!r} (now)"
-             for k in added])
-      raise WorkdirMismatchError(
-          f"{workdir} holds a run made with a different config:\n{lines}\n"
-          "Use a new --workdir, or the same config to resume that run.")
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(current, f, indent=2)
-
-
-def example_batch(config):
-  """Zeros shaped like one global training batch (for init and tracing)."""
-  b, s = config.train.batch_size, config.data.image_size
-  return {
-      "image": jnp.zeros((b, s, s, 1), jnp.float32),
-      "mask": jnp.zeros((b, s, s, 1), jnp.float32),
-      "brain": jnp.zeros((b, s, s, 1), jnp.float32),
-      "label": jnp.zeros((b,), jnp.int32),
-  }
-
-
-def checkpoint_manager(config, workdir):
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.train.keep_checkpoints, create=True),
-      item_handlers=ocp.StandardCheckpointHandler())
-
-
-def _abstract_state(method, config, mesh):
-  abstract = jax.eval_shape(
-      method.init, jax.random.key(0), example_batch(config))
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      abstract)
-
-
-def _key_name(key):
-  for attr in ("key", "idx", "name"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def _shapes(tree):
-  """{'params/conv_in/kernel': shape}: dataclass fields, dict keys and tuple
-  indices all become path parts, as they are in a checkpoint's metadata."""
-  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def check_compatible(manager, step, abstract, config):
-  """Raises CheckpointMismatchError if the checkpoint's arrays do not fit.
-
-  A checkpoint of another method or architecture would otherwise fail deep
-  inside orbax/tensorstore; this lists what differs.
-  """
-  metadata = manager.item_metadata(step)
-  saved = _shapes(getattr(metadata, "tree", metadata))
-  wanted = _shapes(abstract)
-  lines = [f"  {k}: {saved[k]} in the checkpoint, {wanted[k]} in the model"
-           for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
-  lines += [f"  {k}: only in the checkpoint" for k in sorted(set(saved) -
-                                                              set(wanted))]
-  lines += [f"  {k}: only in the model" for k in sorted(set(wanted) -
-                                                         set(saved))]
-  if lines:
-    shown = "\n".join(lines[:20])
-    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
-    raise CheckpointMismatchError(
-        f"Checkpoint {manager.directory}/{step} does not fit "
-        f"config.method={config.method!r} with this config "
-        f"({len(lines)} parameter(s) differ):\n{shown}{more}\n"
-        "It was written by another method or architecture: use its config "
-        "or another --workdir.")
-
-
-def _set_aside(manager, step, error):
-  """Moves an unreadable checkpoint out of the manager's way, keeping it."""
-  path = os.path.join(manager.directory, str(step))
-  target = os.path.join(manager.directory, f"unreadable_{step}")
-  logging.warning(
-      "Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the "
-      "one before.", path, type(error).__name__, str(error)[:300], target)
-  if jax.process_index() == 0 and os.path.exists(path):
-    os.replace(path, target)
-  manager.reload()
-
-
-def restore_or_init(method, config, manager, mesh, rng):
-  """The newest readable checkpoint's state, or a freshly initialised one.
-
-  A truncated or corrupted checkpoint is set aside with a warning and the one
-  before it is used; a checkpoint of another architecture is an error.
-
-  Returns:
-    (state, step) with step 0 for a fresh state.
-  """
-  abstract = None
-  for step in sorted(manager.all_steps(), reverse=True):
-    if abstract is None:
-      abstract = _abstract_state(method, config, mesh)
-    try:
-      check_compatible(manager, step, abstract, config)
-    except CheckpointMismatchError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      _set_aside(manager, step, e)
-      continue
-    logging.info("Restoring checkpoint of step %d from %s", step,
-                 manager.directory)
-    try:
-      return manager.restore(
-          step, args=ocp.args.StandardRestore(abstract)), step
-    except Exception as e:  # pylint: disable=broad-except
-      _set_aside(manager, step, e)
-  init = jax.jit(method.init, out_shardings=parallel.replicated(mesh))
-  return init(rng, example_batch(config)), 0
-
-
-def load_state(config, workdir, mesh=None):
-  """The latest checkpointed state of the run in `workdir` (for sample, ...)."""
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  method = methods.get(config)
-  manager = checkpoint_manager(config, workdir)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(
-        f"No checkpoint in {manager.directory}: train first with "
-        f"--mode=train --workdir={workdir}.")
-  state, _ = restore_or_init(method, config, manager, mesh, None)
-  return method, state
 
 
 def _make_train_step(method, config, mesh):
@@ -406,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The final state.
   """
-  check_workdir_config(config, workdir)
+  checkpoints.check_workdir_config(config, workdir)
   method = methods.get(config)
   mesh = parallel.make_mesh(devices)
   parallel.check_batch_size(config.train.batch_size, mesh,
@@ -416,8 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # threefry draws slowly (17 s vs 3 s for a small UNet), so init uses 'rbg'.
   init_rng = jax.random.key(config.seed, impl="rbg")
 
-  manager = checkpoint_manager(config, workdir)
-  state, start_step = restore_or_init(method, config, manager, mesh, init_rng)
+  manager = checkpoints.checkpoint_manager(config, workdir)
+  state, start_step = checkpoints.restore_or_init(method, config, manager,
+                                                  mesh, init_rng)
   num_steps = config.train.num_steps
   if start_step >= num_steps:
     logging.info("Checkpoint at step %d >= num_steps=%d: nothing to train.",
@@ -481,7 +249,7 @@ def _train_loop(config, workdir, mesh, method, state, start_step, batches,
       writer.write_scalars(done, means)
       history = []
     if done % config.train.ckpt_every == 0 or is_last:
-      manager.save(done, args=ocp.args.StandardSave(state))
+      checkpoints.save(manager, done, state)
     if preempted:
       manager.wait_until_finished()
       logging.warning("Preempted: saved step %d in %s; run the same command "
@@ -513,7 +281,7 @@ def read_scalars(workdir, tag):
 
 def sample_mode(config, workdir):
   """`--mode=sample`: DIR/sample/grid.png and DIR/sample/samples.npy."""
-  method, state = load_state(config, workdir)
+  method, state = checkpoints.load_state(config, workdir)
   out_dir = os.path.join(workdir, "sample")
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   sample_fn = jax.jit(method.sample, static_argnums=2)

@@ -242,6 +242,80 @@ def test_start_step_resumes_the_same_stream(train_splits):
     np.testing.assert_array_equal(a["image"], b["image"])
 
 
+def _examples(batches):
+  """[(subject, slice)] and the images, batch after batch."""
+  keys = [k for b in batches for k in keys_of(b)]
+  return keys, np.concatenate([b["image"] for b in batches])
+
+
+@pytest.mark.parametrize("batch_size,fraction,process_count,steps", [
+    # 36 slices, 5 a batch: epochs end inside batches 7, 14, 21.
+    (5, None, 1, (1, 7, 8, 14, 20)),
+    # Host batch 2 of 18 slices per host: epoch boundaries at 9, 18.
+    (4, None, 2, (8, 9, 17)),
+    # Oversampling: a block of 1024 draws ends at batch 128 (batch 8); the
+    # 6 lesion slices run through an epoch every ~15 draws.
+    (8, 0.4, 1, (3, 127, 128, 130)),
+])
+def test_resume_equals_the_uninterrupted_stream(train_splits, batch_size,
+                                                fraction, process_count,
+                                                steps):
+  config = data_config(lesion_fraction=fraction)
+  kwargs = dict(seed=3, process_index=process_count - 1,
+                process_count=process_count)
+  n = max(steps) + 3
+  uninterrupted = take(pipeline.train_iterator(config, batch_size, **kwargs),
+                       n)
+  for k in steps:
+    resumed = take(pipeline.train_iterator(config, batch_size, start_step=k,
+                                           **kwargs), n - k)
+    keys, images = _examples(resumed)
+    want_keys, want_images = _examples(uninterrupted[k:])
+    assert keys == want_keys, k
+    np.testing.assert_array_equal(images, want_images)
+
+
+def test_every_epoch_is_a_permutation_of_the_split(train_splits):
+  n = len(train_splits["train"]["slice"])  # 36: 9 batches of 4 per epoch.
+  everything = set(zip(train_splits["train"]["subject"].tolist(),
+                       train_splits["train"]["slice"].tolist()))
+  keys, _ = _examples(take(pipeline.train_iterator(data_config(), 4, seed=0),
+                           27))
+  epochs = [keys[i:i + n] for i in range(0, 3 * n, n)]
+  assert all(sorted(e) == sorted(everything) for e in epochs)
+  assert len({tuple(e) for e in epochs}) == 3  # Reshuffled every epoch.
+  # Epoch 10**8, reached directly, is a permutation too.
+  far = take(pipeline.train_iterator(data_config(), 4, seed=0,
+                                     start_step=9 * 10**8), 9)
+  assert sorted(_examples(far)[0]) == sorted(everything)
+
+
+@pytest.mark.parametrize("fraction", [None, 0.4])
+def test_resuming_far_into_a_run_is_immediate(train_splits, fraction):
+  # Replaying 4 * 10**9 examples would take days; reaching them must not.
+  # Batch k of a stream resumed at k - 1 is the first batch of one resumed
+  # at k, so far positions are still one consistent stream.
+  import time  # pylint: disable=g-import-not-at-top
+  config = data_config(lesion_fraction=fraction)
+  k = 10**9
+  t = time.perf_counter()
+  at_k = next(pipeline.train_iterator(config, 4, seed=1, start_step=k))
+  assert time.perf_counter() - t < 20
+  before = take(pipeline.train_iterator(config, 4, seed=1, start_step=k - 1),
+                2)
+  assert keys_of(before[1]) == keys_of(at_k)
+  np.testing.assert_array_equal(before[1]["image"], at_k["image"])
+
+
+def test_oversampling_blocks_hold_the_exact_fraction(train_splits):
+  # Each block of 1024 draws holds round(cumulative 1024 * f) lesion draws.
+  config = data_config(lesion_fraction=0.3)
+  labels = np.concatenate([b["label"] for b in take(
+      pipeline.train_iterator(config, 16, seed=0), 128)])
+  per_block = labels.reshape(2, 1024).sum(1)
+  np.testing.assert_array_equal(per_block, [307, 307])  # 307.2, 614.4.
+
+
 def test_lesion_oversampling_reaches_the_target_fraction(train_splits):
   labels = train_splits["train"]["label"]
   assert labels.mean() < 0.2  # Natural ratio: 2 of 12 slices.

@@ -3,8 +3,9 @@
   load_split (TFDS, one decoded example per axial slice)
     -> preprocess: slice-range and brain-fraction filters, robust per-volume
        intensity normalisation to [-1, 1], resize/pad to image_size
-    -> per-host shard -> cache -> seeded shuffle -> repeat
-    -> optional lesion oversampling -> skip(start_step batches) -> batch
+    -> per-host shard -> cache -> epochs, each shuffled by (seed, epoch)
+    -> optional lesion oversampling (blocks of draws fixed by (seed, block))
+    -> from batch start_step (a skip inside one epoch) -> batch
     -> prefetch -> numpy dicts, fed to JAX by the training loop.
 
 Every host reads the whole split and keeps every `process_count`-th slice
@@ -292,9 +293,93 @@ def _host_seeds(seed, process_index, num):
   return [int(s >> np.uint64(1)) for s in state.generate_state(num, np.uint64)]
 
 
-def _shuffle_repeat(ds, buffer_size, seed):
-  return ds.shuffle(buffer_size, seed=seed,
-                    reshuffle_each_iteration=True).repeat()
+# Lesion oversampling fixes which draws are lesion slices block by block:
+# every block of this many draws holds the lesion draws the target fraction
+# asks for (cumulatively rounded), at seeded positions, so the number of
+# lesion draws before any position is known without replaying them.
+_BLOCK = 1024
+
+
+def _seed_for(seed, index):
+  """An int64 seed in [0, 2**62) drawn from (seed, index): no collisions to
+  speak of between epochs or blocks, unlike seed + index."""
+  pair = tf.random.experimental.stateless_fold_in(
+      tf.constant([seed, 0], tf.int64), tf.cast(index, tf.int64))
+  return tf.random.stateless_uniform([], seed=pair, minval=0, maxval=2**62,
+                                     dtype=tf.int64)
+
+
+def _epochs(ds, n, buffer_size, seed, start):
+  """`ds` (n examples) repeated forever, reshuffled every epoch, from `start`.
+
+  Epoch e is `ds.shuffle(buffer_size)` seeded by (seed, e) alone, so the
+  stream is addressable: example `start` is example start % n of epoch
+  start // n, reached by skipping within that one epoch (at most n - 1
+  examples, however long the run has been going).
+
+  Args:
+    ds: a finite dataset (cached, so that each epoch re-reads memory).
+    n: its number of examples.
+    buffer_size: shuffle buffer (>= n gives a uniform permutation).
+    seed: int seed of the stream.
+    start: index of the first example to yield.
+
+  Returns:
+    An endless dataset.
+  """
+  epoch, offset = divmod(int(start), n)
+  shuffled = lambda e: ds.shuffle(buffer_size, seed=_seed_for(seed, e),
+                                  reshuffle_each_iteration=False)
+  return tf.data.Dataset.counter(epoch).flat_map(shuffled).skip(offset)
+
+
+def _lesions_before_block(block, fraction):
+  """Lesion draws in blocks [0, block): round(block * _BLOCK * fraction)."""
+  total = tf.cast(block, tf.float64) * (_BLOCK * fraction)
+  return tf.cast(tf.floor(total + 0.5), tf.int64)
+
+
+def _block_choices(seed, block, fraction):
+  """int64 [_BLOCK]: 1 where draw i of `block` is a lesion slice, else 0."""
+  count = (_lesions_before_block(block + 1, fraction)
+           - _lesions_before_block(block, fraction))
+  order = tf.argsort(tf.random.stateless_uniform(
+      [_BLOCK], seed=tf.random.experimental.stateless_fold_in(
+          tf.constant([seed, 1], tf.int64), tf.cast(block, tf.int64))))
+  return tf.scatter_nd(order[:count, None],
+                       tf.ones([count], tf.int64), [_BLOCK])
+
+
+def _oversampled(healthy, lesion, counts, fraction, seeds, buffer_size,
+                 start):
+  """Healthy and lesion slices drawn at the given fraction, from draw `start`.
+
+  Args:
+    healthy: the healthy slices (finite, cached).
+    lesion: the lesion slices (finite, cached).
+    counts: (number of healthy, number of lesion slices).
+    fraction: the fraction of lesion draws, in (0, 1).
+    seeds: (healthy shuffle, lesion shuffle, draw positions) seeds.
+    buffer_size: shuffle buffer of each class stream.
+    start: index of the first draw to yield.
+
+  Returns:
+    An endless dataset: draw i is a lesion slice iff _block_choices says so,
+    and each class stream is an `_epochs` stream, so every position is
+    reached by skipping within one block and one epoch per class.
+  """
+  healthy_seed, lesion_seed, sample_seed = seeds
+  block, offset = divmod(int(start), _BLOCK)
+  n_lesion = int(_lesions_before_block(block, fraction)) + int(
+      tf.reduce_sum(_block_choices(sample_seed, block, fraction)[:offset]))
+  choices = tf.data.Dataset.counter(block).flat_map(
+      lambda b: tf.data.Dataset.from_tensor_slices(
+          _block_choices(sample_seed, b, fraction))).skip(offset)
+  return tf.data.Dataset.choose_from_datasets(
+      [_epochs(healthy, counts[0], buffer_size, healthy_seed,
+               start - n_lesion),
+       _epochs(lesion, counts[1], buffer_size, lesion_seed, n_lesion)],
+      choices)
 
 
 # --- Public iterators ---------------------------------------------------------
@@ -308,8 +393,10 @@ def train_iterator(data_config, batch_size: int, *, seed: int,
 
   The stream is a pure function of (data, config, seed, process index and
   count): a run resumed with `start_step=k` gets batch k, k+1, ... of the
-  stream that started at step 0. Skipping replays the first k batches
-  through the (cached) pipeline, which costs input time but no accuracy.
+  stream that started at step 0. Every epoch's order depends only on (seed,
+  epoch), and with lesion oversampling every block of draws on (seed,
+  block), so batch k is reached by skipping within one epoch (per class),
+  not by replaying k batches: resuming costs the same at step 2k and 2M.
 
   Args:
     data_config: `config.data`; reads train_split, the preprocess fields,
@@ -345,8 +432,11 @@ def train_iterator(data_config, batch_size: int, *, seed: int,
   shuffle_seed, lesion_seed, sample_seed = _host_seeds(seed, index, 3)
   buffer_size = int(data_config.shuffle_buffer)
   fraction = data_config.lesion_fraction
+  # The first example of batch start_step, reached without replaying the
+  # batches before it (see _epochs and _oversampled).
+  start = int(start_step) * host_batch
   if fraction is None:
-    ds = _shuffle_repeat(ds, buffer_size, shuffle_seed)
+    ds = _epochs(ds, n, buffer_size, shuffle_seed, start)
   else:
     fraction = float(fraction)
     if not 0.0 < fraction < 1.0:
@@ -359,15 +449,11 @@ def train_iterator(data_config, batch_size: int, *, seed: int,
           f"split {split!r} has no {missing} slices (host {index} of {count}: "
           f"{n_lesion} lesion slices of {n}). Use a split with both (e.g. "
           f"data.train_split='train_mixed') or set data.lesion_fraction=None.")
-    healthy = _shuffle_repeat(ds.filter(lambda ex: ex["label"] == 0),
-                              buffer_size, shuffle_seed)
-    lesion = _shuffle_repeat(ds.filter(lambda ex: ex["label"] == 1),
-                             buffer_size, lesion_seed)
-    ds = tf.data.Dataset.sample_from_datasets(
-        [healthy, lesion], weights=[1.0 - fraction, fraction],
-        seed=sample_seed)
-  # Skip examples rather than batches: same stream, no batch assembly.
-  ds = ds.skip(int(start_step) * host_batch)
+    ds = _oversampled(ds.filter(lambda ex: ex["label"] == 0),
+                      ds.filter(lambda ex: ex["label"] == 1),
+                      (n - n_lesion, n_lesion), fraction,
+                      (shuffle_seed, lesion_seed, sample_seed), buffer_size,
+                      start)
   ds = ds.batch(host_batch, drop_remainder=True)
   ds = ds.prefetch(data_config.prefetch).with_options(_options())
   # A plain function (not a generator), so that the errors above are raised

@@ -1,13 +1,15 @@
 """Fault class: damaged or foreign checkpoints. The latest checkpoint
-truncated on disk, and a checkpoint of another architecture."""
+truncated on disk, and a checkpoint of another architecture (more kinds of
+damage, and read errors that must not count as damage, are in
+test_restore_errors.py)."""
 
 import os
 
 import pytest
 
+from genjax import checkpoints
 from genjax import methods
 from genjax import parallel
-from genjax import train
 from tests.faults.helpers import checkpoint_steps as _steps
 from tests.faults.helpers import train_for as _train
 
@@ -30,8 +32,8 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_one_before(
   assert damaged
 
   method = methods.get(config)
-  manager = train.checkpoint_manager(config, workdir)
-  state, step = train.restore_or_init(method, config, manager,
+  manager = checkpoints.checkpoint_manager(config, workdir)
+  state, step = checkpoints.restore_or_init(method, config, manager,
                                       parallel.make_mesh(), None)
   assert step == 2 and int(state.step) == 2
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "unreadable_4"))
@@ -46,9 +48,9 @@ def test_checkpoint_of_another_architecture_lists_the_shapes(smoke_config,
   workdir = str(tmp_path)
   _train(config, workdir, steps=1, ckpt_every=1)
   config.model.base_channels = 16  # Another architecture.
-  manager = train.checkpoint_manager(config, workdir)
-  with pytest.raises(train.CheckpointMismatchError) as error:
-    train.restore_or_init(methods.get(config), config, manager,
+  manager = checkpoints.checkpoint_manager(config, workdir)
+  with pytest.raises(checkpoints.CheckpointMismatchError) as error:
+    checkpoints.restore_or_init(methods.get(config), config, manager,
                           parallel.make_mesh(), None)
   message = str(error.value)
   assert ("ema_params/conv_in/kernel: (3, 3, 1, 8) in the checkpoint, "

@@ -1,0 +1,436 @@
+"""The workdir: its saved config, its orbax checkpoints, and restoring them.
+
+train, sample, eval and detect all read a run through this module:
+
+  WORKDIR/config.json          the run's config (check_workdir_config)
+  WORKDIR/checkpoints/<step>/  orbax checkpoints (checkpoint_manager, save)
+  WORKDIR/checkpoints/unreadable_<step>/  a checkpoint proven bad, set aside
+
+Restoring tells a bad checkpoint from trouble reading a good one. Only a
+checkpoint that is provably bad (a missing or unparseable metadata file, a
+missing, truncated or undecodable array file) is set aside, and the one
+before it is tried. Anything else (an I/O error other than a missing file,
+a timeout, running out of host or device memory, an error this module does
+not know) stops with `CheckpointReadError` naming the checkpoint and moves
+nothing: starting a long run over because a disk hiccuped would throw the
+run away. A checkpoint of another architecture is `CheckpointMismatchError`.
+"""
+
+import importlib
+import json
+import logging as std_logging
+import os
+
+from absl import logging
+from etils import epath
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from genjax import methods
+from genjax import parallel
+
+# Fields that may differ when a run is resumed (they do not change what is
+# trained); anything else differing means the workdir belongs to another run.
+# compute_dtype and grad_accum_steps change how an update is computed, not
+# which one (same parameters, same global batch), so a run can move to other
+# hardware.
+RESUMABLE_FIELDS = (
+    "train.num_steps", "train.log_every", "train.ckpt_every",
+    "train.sample_every", "train.num_samples", "train.keep_checkpoints",
+    "train.compute_dtype", "train.grad_accum_steps",
+    "data.data_dir", "data.manual_dir", "data.prefetch", "data.cache",
+    "sample.", "anomaly.", "eval.",
+)
+
+# The item folder and tree metadata file orbax's StandardCheckpointHandler
+# writes in every checkpoint (orbax-checkpoint 0.12).
+_ITEM = "default"
+_METADATA = "_METADATA"
+
+# tensorstore status codes (the prefix of its error messages) that mean the
+# stored bytes are missing or wrong, measured by damaging real checkpoints:
+# a truncated array file is OUT_OF_RANGE ("Requested byte range ... is not
+# valid for value of size ..."), an empty or missing one FAILED_PRECONDITION
+# ("Truncated Zstd-compressed stream"), a garbled manifest DATA_LOSS, a
+# missing manifest NOT_FOUND.
+_CORRUPT_CODES = ("OUT_OF_RANGE:", "DATA_LOSS:", "NOT_FOUND:")
+_CORRUPT_PRECONDITION = ("truncated", "compressed", "decod", "checksum",
+                         "corrupt")
+# Codes and messages of trouble that says nothing about the checkpoint.
+_TROUBLE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+            "PERMISSION_DENIED", "UNAUTHENTICATED", "ABORTED", "CANCELLED",
+            "Out of memory", "out of memory")
+
+
+def _quiet_orbax():
+  """Orbax logs every save at INFO, several lines each; keep its warnings."""
+  def keep(record):
+    return (record.levelno >= std_logging.WARNING
+            or "/orbax/" not in record.pathname)
+  logging.get_absl_logger().addFilter(keep)
+
+
+_quiet_orbax()
+
+
+class WorkdirMismatchError(ValueError):
+  """The workdir holds a run made with a different config."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not fit the configured method/architecture."""
+
+
+class CheckpointCorruptError(ValueError):
+  """A checkpoint is provably bad: files missing, truncated or unparseable."""
+
+
+class CheckpointReadError(RuntimeError):
+  """A checkpoint could not be read for a reason that does not prove it bad.
+
+  I/O errors, timeouts, out-of-memory and unknown errors: the run stops and
+  the checkpoint is left where it is, so the same command resumes from it
+  once the cause is gone.
+  """
+
+
+# --- The saved config ---------------------------------------------------------
+
+
+def flatten_config(tree, prefix=""):
+  """A nested dict (a config as JSON) -> {'a.b.c': value}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flatten_config(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_file_defaults(config):
+  """flatten_config of `configs/<method>.py:<variant>` for this config.
+
+  A field missing from a saved config was added to genjax after that run;
+  the run behaved as the field's default does (new fields default to the old
+  behaviour). Returns None when the config file cannot be built.
+  """
+  variant = config.get("variant", "") or None
+  try:
+    module = importlib.import_module(f"configs.{config.method}")
+    default = module.get_config(variant)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return flatten_config(json.loads(default.to_json_best_effort()))
+
+
+def added_field_differences(saved_flat, config):
+  """Fields the saved config lacks whose current value is not the default.
+
+  Args:
+    saved_flat: flatten_config of the saved config.
+    config: the current ConfigDict.
+
+  Returns:
+    Sorted field names: fields added to genjax since `saved_flat` was
+    written that `config` sets away from their default (so it asks for
+    something the saved run did not do).
+  """
+  current = flatten_config(json.loads(config.to_json_best_effort()))
+  added = [k for k in current if k not in saved_flat]
+  if not added:
+    return []
+  defaults = config_file_defaults(config)
+  if defaults is None:
+    return []
+  return sorted(k for k in added if k in defaults and current[k] != defaults[k])
+
+
+def check_workdir_config(config, workdir):
+  """Writes workdir/config.json, or checks the run there used this config.
+
+  Raises:
+    WorkdirMismatchError: listing the fields that differ.
+  """
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    a, b = flatten_config(saved), flatten_config(current)
+    # Fields the saved config lacks were added to genjax since: at their
+    # defaults they keep the old behaviour, so only those set away from their
+    # default count (added_field_differences).
+    resumable = lambda k: any(k == f or (f.endswith(".") and k.startswith(f))
+                              for f in RESUMABLE_FIELDS)
+    diff = sorted(k for k in a if a.get(k) != b.get(k) and not resumable(k))
+    added = [k for k in added_field_differences(a, config)
+             if not resumable(k)]
+    if diff or added:
+      lines = "\n".join(
+          [f"  {k}: {a.get(k)!r} (workdir) vs {b.get(k)!r} (now)"
+           for k in diff]
+          + [f"  {k}: not in the workdir's config (added to genjax since; "
+             f"that run used the default) vs {b.get(k)!r} (now)"
+             for k in added])
+      raise WorkdirMismatchError(
+          f"{workdir} holds a run made with a different config:\n{lines}\n"
+          "Use a new --workdir, or the same config to resume that run.")
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(current, f, indent=2)
+
+
+# --- Checkpoints --------------------------------------------------------------
+
+
+def example_batch(config):
+  """Zeros shaped like one global training batch (for init and tracing)."""
+  b, s = config.train.batch_size, config.data.image_size
+  return {
+      "image": jnp.zeros((b, s, s, 1), jnp.float32),
+      "mask": jnp.zeros((b, s, s, 1), jnp.float32),
+      "brain": jnp.zeros((b, s, s, 1), jnp.float32),
+      "label": jnp.zeros((b,), jnp.int32),
+  }
+
+
+def checkpoint_dir(workdir):
+  """WORKDIR/checkpoints, absolute (orbax needs absolute paths)."""
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def checkpoint_manager(config, workdir):
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.train.keep_checkpoints, create=True),
+      item_handlers=ocp.StandardCheckpointHandler())
+
+
+def save(manager, step, state):
+  """Starts writing `state` as checkpoint `step` (asynchronously)."""
+  manager.save(step, args=ocp.args.StandardSave(state))
+
+
+def abstract_state(method, config, mesh):
+  """The TrainState's shapes and dtypes, replicated on `mesh` (no compute)."""
+  abstract = jax.eval_shape(
+      method.init, jax.random.key(0), example_batch(config))
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      abstract)
+
+
+def _key_name(key):
+  for attr in ("key", "idx", "name"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def _shapes(tree):
+  """{'params/conv_in/kernel': shape}: dataclass fields, dict keys and tuple
+  indices all become path parts, as they are in a checkpoint's metadata."""
+  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _step_path(manager, step):
+  return epath.Path(manager.directory) / str(step)
+
+
+def check_metadata_file(manager, step):
+  """Raises CheckpointCorruptError if the tree metadata is missing or garbled.
+
+  Orbax itself answers a missing metadata file with no metadata (None) and a
+  garbled one with whatever its parser trips on (KeyError, AttributeError,
+  ...), which could not be told from a bug; reading it here can. An OSError
+  other than a missing file propagates: it proves nothing about the file.
+  """
+  path = _step_path(manager, step) / _ITEM / _METADATA
+  try:
+    raw = path.read_bytes()
+  except FileNotFoundError as e:
+    raise CheckpointCorruptError(f"{path} is missing") from e
+  try:
+    tree = json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointCorruptError(f"{path} is not valid JSON ({e})") from e
+  if not isinstance(tree, dict) or not tree.get("tree_metadata"):
+    raise CheckpointCorruptError(f"{path} holds no tree metadata")
+
+
+def check_compatible(manager, step, abstract, config):
+  """Raises CheckpointMismatchError if the checkpoint's arrays do not fit.
+
+  A checkpoint of another method or architecture would otherwise fail deep
+  inside orbax/tensorstore; this lists what differs.
+
+  Raises:
+    CheckpointMismatchError: listing the parameters that differ.
+    CheckpointCorruptError: orbax finds no metadata at all.
+  """
+  metadata = manager.item_metadata(step)
+  if metadata is None:
+    raise CheckpointCorruptError(
+        f"orbax found no metadata in {_step_path(manager, step)}")
+  saved = _shapes(getattr(metadata, "tree", metadata))
+  wanted = _shapes(abstract)
+  lines = [f"  {k}: {saved[k]} in the checkpoint, {wanted[k]} in the model"
+           for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]]
+  lines += [f"  {k}: only in the checkpoint" for k in sorted(set(saved) -
+                                                              set(wanted))]
+  lines += [f"  {k}: only in the model" for k in sorted(set(wanted) -
+                                                         set(saved))]
+  if lines:
+    shown = "\n".join(lines[:20])
+    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+    raise CheckpointMismatchError(
+        f"Checkpoint {manager.directory}/{step} does not fit "
+        f"config.method={config.method!r} with this config "
+        f"({len(lines)} parameter(s) differ):\n{shown}{more}\n"
+        "It was written by another method or architecture: use its config "
+        "or another --workdir.")
+
+
+def _chain(error):
+  """The error and its causes/contexts (orbax wraps tensorstore's errors)."""
+  seen = []
+  while error is not None and error not in seen:
+    seen.append(error)
+    error = error.__cause__ or error.__context__
+  return seen
+
+
+def is_corrupt(error):
+  """True if `error` (raised reading a checkpoint) proves the files bad.
+
+  Anything not positively recognised as damage is trouble: this errs on the
+  side of stopping, which costs a rerun, never on the side of discarding a
+  good checkpoint, which can cost the run.
+  """
+  chain = _chain(error)
+  for e in chain:
+    message = str(e)
+    if isinstance(e, MemoryError) or any(t in message for t in _TROUBLE):
+      return False
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+      return False
+  for e in chain:
+    message = str(e)
+    if isinstance(e, (CheckpointCorruptError, FileNotFoundError)):
+      return True
+    if message.startswith(_CORRUPT_CODES):
+      return True
+    if message.startswith("FAILED_PRECONDITION:") and any(
+        w in message.lower() for w in _CORRUPT_PRECONDITION):
+      return True
+  return False
+
+
+def _describe(error):
+  """'Type: message' of the error and the innermost cause, shortened."""
+  chain = _chain(error)
+  parts = [f"{type(e).__name__}: {str(e)[:300]}" for e in (chain[0],
+                                                            chain[-1])]
+  return parts[0] if len(chain) == 1 else f"{parts[0]} <- {parts[1]}"
+
+
+def _set_aside(manager, step, error):
+  """Moves a provably bad checkpoint out of the manager's way, keeping it."""
+  path = _step_path(manager, step)
+  target = epath.Path(manager.directory) / f"unreadable_{step}"
+  logging.warning(
+      "Checkpoint %s is unreadable (%s); moved it to %s and trying the one "
+      "before.", path, _describe(error), target)
+  if jax.process_index() == 0 and path.exists():
+    path.rename(target)
+  manager.reload()
+
+
+def _restore_step(manager, step, abstract, config):
+  check_metadata_file(manager, step)
+  check_compatible(manager, step, abstract, config)
+  logging.info("Restoring checkpoint of step %d from %s", step,
+               manager.directory)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def restore_latest(method, config, manager, mesh):
+  """The newest readable checkpoint's (state, step), or (None, None).
+
+  A provably bad checkpoint (see the module docstring) is set aside as
+  `unreadable_<step>` with a warning and the one before it is tried.
+
+  Raises:
+    CheckpointMismatchError: the checkpoint is of another architecture.
+    CheckpointReadError: reading failed for another reason (I/O, memory,
+      unknown); nothing was moved and the original error is the cause.
+  """
+  abstract = None
+  for step in sorted(manager.all_steps(), reverse=True):
+    if abstract is None:
+      abstract = abstract_state(method, config, mesh)
+    try:
+      return _restore_step(manager, step, abstract, config), step
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # A checkpoint folder that is gone as a whole (an unmounted disk, a
+      # bucket this host cannot see) is missing files, but says nothing
+      # about the checkpoints: falling back would start the run over.
+      if not is_corrupt(e) or not _step_path(manager, step).exists():
+        raise CheckpointReadError(
+            f"Could not read checkpoint {_step_path(manager, step)}: "
+            f"{_describe(e)}\nThis does not show the checkpoint is damaged, "
+            "so it was left in place and the run stopped rather than start "
+            "over. Fix the cause (disk, network, permissions, memory) and "
+            "run the same command again to resume from it.") from e
+      _set_aside(manager, step, e)
+  return None, None
+
+
+def restore_or_init(method, config, manager, mesh, rng):
+  """The newest readable checkpoint's state, or a freshly initialised one.
+
+  Returns:
+    (state, step) with step 0 for a state initialised from `rng` (no
+    checkpoint, or every one provably bad and set aside).
+
+  Raises:
+    CheckpointMismatchError, CheckpointReadError: see restore_latest.
+  """
+  state, step = restore_latest(method, config, manager, mesh)
+  if state is not None:
+    return state, step
+  init = jax.jit(method.init, out_shardings=parallel.replicated(mesh))
+  return init(rng, example_batch(config)), 0
+
+
+def load_state(config, workdir, mesh=None):
+  """The latest checkpointed state of the run in `workdir` (for sample, ...).
+
+  Returns:
+    (method, state).
+
+  Raises:
+    FileNotFoundError: no checkpoint, or none readable (all set aside).
+    CheckpointMismatchError, CheckpointReadError: see restore_latest.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  method = methods.get(config)
+  manager = checkpoint_manager(config, workdir)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(
+        f"No checkpoint in {manager.directory}: train first with "
+        f"--mode=train --workdir={workdir}.")
+  state, _ = restore_latest(method, config, manager, mesh)
+  if state is None:
+    raise FileNotFoundError(
+        f"No readable checkpoint in {manager.directory}: every one was "
+        "damaged and has been set aside as unreadable_<step>.")
+  return method, state
