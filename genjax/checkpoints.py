@@ -415,7 +415,7 @@ def load_state(config, workdir, mesh=None):
   """The latest checkpointed state of the run in `workdir` (for sample, ...).
 
   Returns:
-    (method, state).
+    (method, state); a method that is not `trainable` starts from its init.
 
   Raises:
     FileNotFoundError: no checkpoint, or none readable (all set aside).
@@ -423,6 +423,9 @@ def load_state(config, workdir, mesh=None):
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   method = methods.get(config)
+  if not method.trainable:  # Nothing learnt, nothing saved: the floor.
+    init = jax.jit(method.init, out_shardings=parallel.replicated(mesh))
+    return method, init(jax.random.key(config.seed), example_batch(config))
   manager = checkpoint_manager(config, workdir)
   if manager.latest_step() is None:
     raise FileNotFoundError(

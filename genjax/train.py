@@ -173,8 +173,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The final state.
   """
-  checkpoints.check_workdir_config(config, workdir)
   method = methods.get(config)
+  if not method.trainable:
+    raise ValueError(
+        f"config.method={config.method!r} has nothing to train: run "
+        "--mode=detect directly.")
+  checkpoints.check_workdir_config(config, workdir)
   mesh = parallel.make_mesh(devices)
   parallel.check_batch_size(config.train.batch_size, mesh,
                              config.train.grad_accum_steps)

@@ -10,6 +10,7 @@ evaluator and one anomaly detector serve them all.
   reconstruct(state, images, rng) -> images       # pseudo-healthy reconstruction
   anomaly_score(state, images, recon) -> optional  # a method's own score (f-AnoGAN)
   reported(step, name) -> bool   optional           # which metrics a step logs
+  trainable: bool                optional, True     # False: no checkpoint (the floor)
 
 `batch` is a dict of arrays: image [B, H, W, 1] in [-1, 1], mask, brain
 [B, H, W, 1] in {0, 1}, label [B]. `state` must carry an integer `step`.
@@ -39,6 +40,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 _METHODS = {
     "ddpm": "genjax.methods.ddpm",
+    "floor": "genjax.methods.floor",
     "gan": "genjax.methods.gan",
     "vae": "genjax.methods.vae",
 }
@@ -58,6 +60,9 @@ class Method(NamedTuple):
   # window where none does (e.g. the GAN's D loss once only its encoder
   # trains). Default: every metric, every step.
   reported: Optional[Callable[[int, str], bool]] = None
+  # False for a method with nothing to learn (the intensity floor): detect
+  # starts from `init` instead of a checkpoint, and train refuses.
+  trainable: bool = True
 
 
 def names():
