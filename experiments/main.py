@@ -62,15 +62,24 @@ def main(argv):
   logging.info("Mode %s, workdir %s, config:\n%s", _MODE.value,
                _WORKDIR.value, config)
   # pylint: disable=g-import-not-at-top
+  from genjax import checkpoints
+  from genjax import methods
   from genjax.data import builders
   from genjax.data import nifti
   from genjax.data import slices
+  if _MODE.value == "train" and not methods.get(config).trainable:
+    sys.exit(f"Config error: config.method={config.method!r} has nothing to "
+             "train; run --mode=detect directly.")
   try:
     modes.run(_MODE.value, config, _WORKDIR.value)
   except (builders.DatasetError, nifti.NiftiError, slices.SliceError) as e:
     # The message names the file or folder and what to do; a traceback
     # through TFDS would only bury it.
     sys.exit(f"Data error: {e}")
+  except checkpoints.CheckpointReadError as e:
+    # Nothing was moved; the cause is what the storage said.
+    sys.exit(f"Checkpoint error: {e} (cause: {e.__cause__!r}). Nothing was "
+             "changed in the workdir; rerun when the storage is readable.")
 
 
 if __name__ == "__main__":
