@@ -6,6 +6,7 @@ of thresholding that map, recomputed here with scipy and scikit-learn.
 """
 
 import os
+import re
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ import scipy.ndimage
 from sklearn import metrics as skm
 
 from configs import floor as floor_config
+from experiments import detect_table
 from genjax import anomaly
 from genjax import config as config_lib
 from genjax import methods
@@ -70,6 +72,13 @@ def test_floor_detects_without_a_checkpoint(smoke_config, tmp_path):
   assert m["auprc"] == pytest.approx(
       skm.average_precision_score(truth, scores), abs=2e-3)
   assert m["n_test_lesion_pixels"] == truth.sum() > 0
+  # experiments.detect_table tabulates the run: the detector's own value
+  # with a subject-bootstrap interval around it.
+  text = detect_table.table([("floor", workdir)], num_resamples=50)
+  cells = text.splitlines()[2].split(" | ")
+  value, lo, hi = map(float, re.findall(r"[0-9.]+", cells[3]))
+  assert value == pytest.approx(m["auroc"], abs=5e-4)
+  assert lo <= value <= hi and lo < hi
 
 
 def test_floor_refuses_to_train_and_checks_its_sign(smoke_config, tmp_path):

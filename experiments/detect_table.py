@@ -1,0 +1,99 @@
+r"""One table of several `--mode=detect` runs, with intervals over test subjects.
+
+  python -m experiments.detect_table --runs=floor=runs/floor,ddpm=runs/ddpm \
+      [--bootstrap=1000] [--out=table.md]
+
+Each run is NAME=WORKDIR (its WORKDIR/detect/ from `--mode=detect`). The
+table has, per run: the network evaluations and seconds per slice the
+detector recorded, pixel AUROC and AUPRC, the three Dice numbers (healthy
+threshold, validation-patient threshold, the oracle best), slice AUROC, and
+lesion-wise detection by size; pixel metrics carry a 95 % percentile
+bootstrap over test subjects (`experiments.ablations.common.
+bootstrap_subjects`: subjects resampled with replacement, thresholds fixed
+at the detector's), and the sentence saying where thresholds were chosen.
+Nothing is recomputed from images: the numbers are those the detector
+wrote (metrics.json, subject_histograms.npz).
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from experiments.ablations import common
+from genjax import anomaly
+
+_RUNS = flags.DEFINE_list("runs", None, "NAME=WORKDIR of each detect run.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples.")
+_OUT = flags.DEFINE_string("out", None, "Also write the table here (.md).")
+
+PIXEL = ("auroc", "auprc", "dice_at_threshold", "dice_at_val_threshold",
+         "dice_best")
+
+
+def _size_cell(lesions):
+  """'small 3/5, medium 2/2, large 1/1' (detected/count per size bin)."""
+  if not lesions or not lesions.get("bins"):
+    return "n/a"
+  parts = [f"{b['name']} {b['n_detected']}/{b['n_lesions']}"
+           for b in lesions["bins"] if b.get("n_lesions")]
+  return ", ".join(parts) or "none"
+
+
+def row(name, workdir, num_resamples):
+  """One table row (dict of cells) of the detect run in `workdir`."""
+  folder = os.path.join(workdir, "detect")
+  with open(os.path.join(folder, "metrics.json")) as f:
+    m = json.load(f)
+  data = anomaly.load_subject_histograms(
+      os.path.join(folder, "subject_histograms.npz"))
+  intervals = common.bootstrap_subjects(data, num_resamples)
+  cells = {"run": name, "method": m["method"],
+           "subjects": f"{m['n_test_subjects']}",
+           "slice_auroc": m.get("slice_auroc"),
+           "calls_per_slice": m.get("network_calls_per_slice", "n/a"),
+           "seconds_per_slice": m["seconds"] / max(m["n_test_slices"], 1),
+           "lesions_detected": _size_cell(m.get("lesions")),
+           "protocol": common.protocol_sentence(m)}
+  for key in PIXEL:
+    b = intervals[key]
+    cells[key] = common.with_interval(m.get(key), b["lo"], b["hi"])
+  return cells
+
+
+def table(runs, num_resamples=1000):
+  """Markdown: the runs' table, then where each chose its thresholds."""
+  rows = [row(name, workdir, num_resamples) for name, workdir in runs]
+  columns = ["run", "method", "subjects", *PIXEL, "slice_auroc",
+             "lesions_detected", "calls_per_slice", "seconds_per_slice"]
+  lines = [common.markdown_table(rows, columns, digits=3), ""]
+  lines += [f"- {r['run']}: {r['protocol']}" for r in rows]
+  lines += ["", "Brackets: 95% bootstrap intervals over test subjects "
+            f"({num_resamples} resamples, thresholds fixed). "
+            "lesions_detected: detected/count per lesion size (any voxel "
+            "flagged at the validation-patient threshold)."]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  if not _RUNS.value:
+    sys.exit("Give --runs=NAME=WORKDIR,...")
+  runs = []
+  for item in _RUNS.value:
+    name, sep, workdir = item.partition("=")
+    if not sep or not os.path.isfile(
+        os.path.join(workdir, "detect", "metrics.json")):
+      sys.exit(f"--runs: {item!r} is not NAME=WORKDIR with a "
+               "WORKDIR/detect/metrics.json (run --mode=detect there first).")
+    runs.append((name, workdir))
+  text = table(runs, _BOOTSTRAP.value)
+  print(text)
+  if _OUT.value:
+    common.write_text(_OUT.value, text)
+
+
+if __name__ == "__main__":
+  app.run(main)
