@@ -3,7 +3,9 @@ r"""One table of several `--mode=detect` runs, with intervals over test subjects
   python -m experiments.detect_table --runs=floor=runs/floor,ddpm=runs/ddpm \
       [--bootstrap=1000] [--out=table.md]
 
-Each run is NAME=WORKDIR (its WORKDIR/detect/ from `--mode=detect`). The
+Each run is NAME=DIR: a workdir (its DIR/detect/ from `--mode=detect`) or
+a detector output folder itself (one holding metrics.json, e.g. an
+ablation's `ablations/noise_level/gaussian_t0500/`). The
 table has, per run: the network evaluations and seconds per slice the
 detector recorded, pixel AUROC and AUPRC, the three Dice numbers (healthy
 threshold, validation-patient threshold, the oracle best), slice AUROC, and
@@ -25,7 +27,8 @@ from absl import flags
 from experiments.ablations import common
 from genjax import anomaly
 
-_RUNS = flags.DEFINE_list("runs", None, "NAME=WORKDIR of each detect run.")
+_RUNS = flags.DEFINE_list(
+    "runs", None, "NAME=DIR of each detect run (a workdir or a detect folder).")
 _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples.")
 _OUT = flags.DEFINE_string("out", None, "Also write the table here (.md).")
 
@@ -42,9 +45,17 @@ def _size_cell(lesions):
   return ", ".join(parts) or "none"
 
 
-def row(name, workdir, num_resamples):
-  """One table row (dict of cells) of the detect run in `workdir`."""
-  folder = os.path.join(workdir, "detect")
+def detect_folder(path):
+  """The folder with metrics.json: `path` itself or `path`/detect; None."""
+  for folder in (path, os.path.join(path, "detect")):
+    if os.path.isfile(os.path.join(folder, "metrics.json")):
+      return folder
+  return None
+
+
+def row(name, path, num_resamples):
+  """One table row (dict of cells) of the detect run in `path`."""
+  folder = detect_folder(path)
   with open(os.path.join(folder, "metrics.json")) as f:
     m = json.load(f)
   data = anomaly.load_subject_histograms(
@@ -80,15 +91,14 @@ def table(runs, num_resamples=1000):
 def main(argv):
   del argv
   if not _RUNS.value:
-    sys.exit("Give --runs=NAME=WORKDIR,...")
+    sys.exit("Give --runs=NAME=DIR,...")
   runs = []
   for item in _RUNS.value:
-    name, sep, workdir = item.partition("=")
-    if not sep or not os.path.isfile(
-        os.path.join(workdir, "detect", "metrics.json")):
-      sys.exit(f"--runs: {item!r} is not NAME=WORKDIR with a "
-               "WORKDIR/detect/metrics.json (run --mode=detect there first).")
-    runs.append((name, workdir))
+    name, sep, path = item.partition("=")
+    if not sep or detect_folder(path) is None:
+      sys.exit(f"--runs: {item!r} is not NAME=DIR with a metrics.json in "
+               "DIR or DIR/detect (run --mode=detect there first).")
+    runs.append((name, path))
   text = table(runs, _BOOTSTRAP.value)
   print(text)
   if _OUT.value:
