@@ -159,6 +159,19 @@ def get_base_config(variant=""):
   # lesions of a few pixels.
   an.median_filter = {"smoke": 3, "cpu": 3, "": 5}[variant]
   an.num_reconstructions = 1  # Residuals averaged over this many.
+  # Pixel score (genjax/detect/scores.py): 'residual' (mean over the
+  # reconstructions of |x - x_hat|) or 'mahalanobis' (|x - mu| /
+  # sqrt(s^2 + mahalanobis_eps), mu and s^2 the per-pixel mean and variance
+  # of num_reconstructions >= 2 draws; scores reach 2 / sqrt(eps), so raise
+  # histogram_max to match, e.g. 64 for eps 1e-3).
+  an.score = "residual"
+  an.mahalanobis_eps = 1e-3
+  # Post-processing (genjax/detect/postprocess.py), 0 = off: erode the brain
+  # mask by this many pixels before scoring (edge artefacts score 0), and
+  # drop 8-connected components of the thresholded maps smaller than
+  # min_component pixels (Dice at a threshold, prediction maps, lesions).
+  an.erode_brain = 0
+  an.min_component = 0
   # Fraction of healthy validation brain pixels allowed above the threshold.
   an.healthy_fpr = 0.01
   # Slice score: 'top_k_mean' (mean of the slice_top_k largest residuals),

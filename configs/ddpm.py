@@ -76,8 +76,17 @@ def get_config(arg=None):
   # Pseudo-healthy reconstruction (AnoDDPM): noise to t, denoise back.
   anomaly = config.anomaly
   anomaly.noise_level = 200  # t of T: noising steps before denoising.
+  # Multi-t ensemble (Behrendt et al.): a tuple of t, e.g. (250, 500, 750);
+  # the anomaly map is the mean of the single-t residuals. None: noise_level.
+  anomaly.noise_levels = config_dict.placeholder(tuple)
   anomaly.noise = "gaussian"
+  # 'ddpm', 'ddim', 'pc', 'ode' (denoise back step by step), 'one_step'
+  # (x0 predicted from x_t in one network call) or 'aggregate' (ANDi-style:
+  # mean over t in aggregate_range, every aggregate_stride, of the one-step
+  # error |x0_hat(x_t) - x|; one call per t). genjax/methods/ddpm.py.
   anomaly.sampler = pick("ddpm", "ddim", "ddim")
+  anomaly.aggregate_range = (50, 500)  # Noising steps, both ends included.
+  anomaly.aggregate_stride = 50
   anomaly.num_steps = config_dict.FieldReference(pick(None, 20, 4), int)
   # None = every step from t to 0.
   # DDIM only: 0 deterministic, 1 stochastic (the respaced ancestral noise).

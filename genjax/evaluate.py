@@ -54,10 +54,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import anomaly
 from genjax import parallel
 from genjax import train
 from genjax import viz
+from genjax.detect import batches
+from genjax.detect import report
 from genjax.metrics import distribution
 from genjax.metrics import image
 from genjax.nn import features
@@ -223,8 +224,8 @@ def reconstruction_quality(config, quality_fn, state, split, rng, mesh,
   # eval_batches is ordered by subject: a reservoir spreads the figure's
   # slices over the whole split instead of the first subject's neighbours.
   pairs = Reservoir(keep, config.seed)
-  for i, batch in enumerate(anomaly.eval_batches(config, split)):
-    images, brain = anomaly.batch_to_device(
+  for i, batch in enumerate(batches.eval_batches(config, split)):
+    images, brain = batches.batch_to_device(
         batch, mesh, config.eval.batch_size)
     out = jax.device_get(quality_fn(state, images, brain,
                                     jax.random.fold_in(rng, i)))
@@ -272,7 +273,7 @@ def synthesis_quality(config, method, state, rng, mesh, opts):
   stats_fn = jax.jit(make_image_stats_fn())
   keep = max(opts["diversity_num_images"], opts["num_figure_images"])
   real = ImageSet(keep, config.seed)
-  for batch in anomaly.eval_batches(config, config.data.eval_split):
+  for batch in batches.eval_batches(config, config.data.eval_split):
     use = np.asarray(batch["valid"], bool)
     if opts["reference"] == "healthy":
       use = use & (batch["label"] == 0)
@@ -356,7 +357,7 @@ def evaluate(config, method, state, out_dir, *, mesh=None, command=None):
   Returns:
     The metrics dict written to metrics.json.
   """
-  anomaly.check_single_host()
+  batches.check_single_host()
   t_start = time.time()
   opts = eval_options(config)
   mesh = parallel.make_mesh() if mesh is None else mesh
@@ -368,7 +369,7 @@ def evaluate(config, method, state, out_dir, *, mesh=None, command=None):
   reconstruction, pairs = {}, []
   splits = [config.data.eval_split]
   if (config.data.val_split not in splits
-      and anomaly.has_split(config.data, config.data.val_split)):
+      and batches.has_split(config.data, config.data.val_split)):
     splits.append(config.data.val_split)
   for s, split in enumerate(splits):
     reconstruction[split], kept = reconstruction_quality(
@@ -420,7 +421,7 @@ def evaluate(config, method, state, out_dir, *, mesh=None, command=None):
       real.kept.items[:n_fig], pairs), out_dir)
   metrics["seconds"] = time.time() - t_start
   metrics["config"] = json.loads(config.to_json_best_effort())
-  anomaly.write_json(os.path.join(out_dir, "metrics.json"), metrics)
+  report.write_json(os.path.join(out_dir, "metrics.json"), metrics)
   write_eval_report(os.path.join(out_dir, "report.md"), metrics, command)
   logging.info("Eval of %s: %s; wrote %s", config.method,
                {k: metrics[k] for k in ("fid", "fd_random_conv",
@@ -462,7 +463,7 @@ _RECON_ROWS = (
 
 def write_eval_report(path, metrics, command):
   """DIR/eval/report.md: tables, the command and the figures."""
-  m, fmt = metrics, anomaly.fmt
+  m, fmt = metrics, report.fmt
   splits = list(m["reconstruction"])
   lines = [
       f"# Evaluation: {m['method']} (step {m['step']})", "",
@@ -530,4 +531,4 @@ def eval_mode(config, workdir):
   """`--mode=eval`: DIR/eval/{metrics.json, report.md, samples.png, ...}."""
   method, state = train.load_state(config, workdir)
   return evaluate(config, method, state, os.path.join(workdir, "eval"),
-                  command=anomaly.reproduce_command(config, workdir, "eval"))
+                  command=report.reproduce_command(config, workdir, "eval"))

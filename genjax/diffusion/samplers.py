@@ -474,3 +474,119 @@ def noise_and_denoise(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array,
   x_t = sch.q_sample(schedule, x0, jnp.full((x0.shape[0],), t), noise)
   return get_sampler(sampler)(model_fn, schedule, sample_rng, x_t, t, noise_fn=noise_fn,
                               **sampler_kwargs)
+
+
+# --- One network call per noise level (AnoDDPM variants) -----------------------
+
+
+def _noised(schedule: sch.Schedule, rng: jax.Array, x0: Array, t: Array,
+            noise_fn: losses.NoiseFn | None) -> Array:
+  """x_t of the forward process, drawn with `noise_and_denoise`'s key split."""
+  noise_rng, _ = jax.random.split(rng)
+  noise = (noise_fn or losses.gaussian_noise)(noise_rng, x0.shape)
+  return sch.q_sample(schedule, x0, jnp.full((x0.shape[0],), t), noise)
+
+
+def _x0_hat(model_fn, schedule, x_t, t, prediction, clip_x0):
+  """The model's x0 estimate at index t (static or traced) in one call."""
+  tb = jnp.full((x_t.shape[0],), t, jnp.int32)
+  alpha, sigma = sch.alpha_sigma(schedule, tb)
+  x0, _ = sch.to_x0_eps(model_fn(x_t, tb), prediction, x_t, alpha, sigma, clip_x0)
+  return x0
+
+
+def one_step_x0(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x0: Array,
+                noise_level: int, *, prediction: str = 'eps', clip_x0: float | None = None,
+                noise_fn: losses.NoiseFn | None = None) -> Array:
+  """One-step reconstruction: noise x0 by `noise_level` steps, predict x0 once.
+
+  x_t = alpha x0 + sigma noise is drawn exactly as `noise_and_denoise` draws
+  it from the same rng (so both reconstructions start from the same x_t);
+  then x0_hat = (x_t - sigma eps_hat) / alpha (or the x0 / v formula), one
+  network call. With the exact eps-predictor this is Tweedie's E[x0 | x_t].
+
+  Args:
+    model_fn: `model_fn(x_t, t [B] int32) -> prediction`.
+    schedule: the schedule.
+    rng: key.
+    x0: [B, H, W, C] images.
+    noise_level: noising steps n ∈ [1, T] (index n - 1), static.
+    prediction: 'eps', 'x0' or 'v'.
+    clip_x0: optional clip of the x0 prediction.
+    noise_fn: forward noise (default Gaussian).
+
+  Returns:
+    [B, H, W, C] x0 estimates.
+  """
+  t = sch.noise_level_to_index(noise_level, schedule.num_timesteps)
+  x_t = _noised(schedule, rng, x0, t, noise_fn)
+  return _x0_hat(model_fn, schedule, x_t, t, prediction, clip_x0)
+
+
+def aggregate_x0_error(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x0: Array,
+                       noise_levels, *, prediction: str = 'eps', clip_x0: float | None = None,
+                       noise_fn: losses.NoiseFn | None = None) -> tuple[Array, Array]:
+  """ANDi-style score: the one-step x0 error averaged over many noise levels.
+
+  For each level n (one network call each, under `lax.map`, so it compiles
+  once): x_t drawn with key jax.random.split(rng, len(levels))[i] (an
+  independent draw per level), x0_hat(x_t) as in `one_step_x0`, and the
+  error |x0_hat - x0|. ANDi (Frotscher et al., 2024) aggregates the gap
+  between the model's and the true posterior means of x_{t-1}, i.e. the
+  eps-prediction error up to a per-t factor; the x0 error used here is
+  (sigma / alpha) |eps_hat - eps| before clipping, so it stays in the units
+  of the reconstruction residual ([0, 2] for data in [-1, 1]) and shares its
+  thresholds and histograms.
+
+  Args:
+    model_fn: `model_fn(x_t, t [B] int32) -> prediction`.
+    schedule: the schedule.
+    rng: key.
+    x0: [B, H, W, C] images.
+    noise_levels: sequence of noising steps n ∈ [1, T].
+    prediction: 'eps', 'x0' or 'v'.
+    clip_x0: optional clip of the x0 predictions.
+    noise_fn: forward noise (default Gaussian).
+
+  Returns:
+    (mean x0_hat, mean |x0_hat - x0|), each [B, H, W, C].
+  """
+  ts = np.asarray([sch.noise_level_to_index(n, schedule.num_timesteps)
+                   for n in noise_levels], np.int32)
+  keys = jax.random.split(rng, len(ts))
+
+  def one(inp):
+    t, key = inp
+    x0_hat = _x0_hat(model_fn, schedule, _noised(schedule, key, x0, t, noise_fn), t,
+                     prediction, clip_x0)
+    return x0_hat, jnp.abs(x0_hat - x0)
+
+  x0_hats, errors = jax.lax.map(one, (jnp.asarray(ts), keys))
+  return jnp.mean(x0_hats, axis=0), jnp.mean(errors, axis=0)
+
+
+def network_calls(sampler: str, num_timesteps: int, t_start: int | None = None, *,
+                  num_steps: int | None = None, stride: int | None = None,
+                  n_corrector_steps: int = 1, predictor: str = 'reverse_diffusion',
+                  corrector: str = 'langevin', method: str = 'heun', **unused) -> int:
+  """Network evaluations of one run of `sampler` from index t_start (per image).
+
+  'one_step' is `one_step_x0` (1). Other options of the samplers that do not
+  change the count (eta, clip_x0, snr, ...) are accepted and ignored.
+  """
+  del unused
+  t_start = _static_t_start(t_start, num_timesteps)
+  if sampler == 'one_step':
+    return 1
+  if sampler in ('ddpm', 'ddim'):
+    if num_steps is not None:
+      num_steps = scaled_num_steps(num_steps, t_start, num_timesteps)
+    return len(timestep_sequence(t_start, num_steps, stride))
+  if sampler == 'pc':
+    steps = scaled_num_steps(num_steps or num_timesteps, t_start, num_timesteps)
+    per_step = ((predictor != 'none') + (corrector != 'none') * n_corrector_steps)
+    return steps * per_step + 1  # + the final x0 prediction.
+  if sampler == 'ode':
+    steps = scaled_num_steps(num_steps or 100, t_start, num_timesteps)
+    return steps * {'heun': 2, 'rk4': 4}[method] + 1
+  raise ValueError(f'Unknown sampler {sampler!r}; registered: {sorted(_SAMPLERS)}.')

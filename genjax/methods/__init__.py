@@ -8,7 +8,8 @@ evaluator and one anomaly detector serve them all.
   train_step(state, batch, rng) -> (state, metrics)  # pure; the loop jits and donates state
   sample(state, rng, n) -> images [n, H, W, 1] in [-1, 1]
   reconstruct(state, images, rng) -> images       # pseudo-healthy reconstruction
-  anomaly_score(state, images, recon) -> optional  # a method's own score (f-AnoGAN)
+  anomaly_score(state, images, recon[, rng]) -> optional  # a method's own score
+                                  # (f-AnoGAN); may also return 'reconstruction'
   reported(step, name) -> bool   optional           # which metrics a step logs
   trainable: bool                optional, True     # False: no checkpoint (the floor)
 

@@ -4,6 +4,27 @@ Training minimises the denoising score-matching loss of a UNet; sampling runs
 any registered sampler (ancestral DDPM, DDIM, predictor-corrector, probability
 flow ODE) on the EMA parameters; `reconstruct` is AnoDDPM's pseudo-healthy
 reconstruction: noise an image to `config.anomaly.noise_level` and denoise it.
+
+Reconstruction variants for the detector (config.anomaly):
+  sampler        'ddpm', 'ddim', 'pc', 'ode': denoise back step by step;
+                 'one_step': x0 predicted from x_t in ONE network call
+                 (`samplers.one_step_x0`, same x_t as the step-by-step run);
+                 'aggregate': ANDi-style, the mean over the noise levels
+                 range(*aggregate_range inclusive, aggregate_stride) of the
+                 one-step x0 error |x0_hat(x_t) - x| (`samplers.
+                 aggregate_x0_error`), one call per level.
+  noise_levels   a tuple of levels (None: the single `noise_level`): the
+                 multi-t ensemble of Behrendt et al. (t = 250, 500, 750);
+                 the detector's pixel map is the MEAN of the single-level
+                 residuals |x - x_hat_t|, its reconstruction the mean x_hat.
+                 Every level uses the draw's own key, so x_t at each level
+                 comes from the same noise (common random numbers) and the
+                 ensemble's map equals exactly the mean of the maps of
+                 single-level runs with the same seed.
+The ensemble and 'aggregate' reach the detector through the Method's
+`anomaly_score` hook (it takes the draw's rng and returns 'pixel' and
+'reconstruction'); `reconstruct` alone returns the mean reconstruction.
+`reconstruct.network_calls` is the UNet evaluations of one draw.
 """
 
 import functools
@@ -28,7 +49,11 @@ _SAMPLER_OPTIONS = {
     "ddim": ("num_steps", "eta", "clip_x0"),
     "pc": ("num_steps", "snr", "n_corrector_steps", "clip_x0"),
     "ode": ("num_steps", "clip_x0"),
+    # Reconstruction only (config.anomaly.sampler), one call per level.
+    "one_step": ("clip_x0",),
+    "aggregate": ("clip_x0",),
 }
+RECONSTRUCTION_ONLY = ("one_step", "aggregate")
 
 
 @flax.struct.dataclass
@@ -78,6 +103,50 @@ def sampler_kwargs(sampler, options):
   return kwargs
 
 
+def noise_levels(config):
+  """The noise levels a reconstruction visits (see the module docstring)."""
+  an = config.anomaly
+  if an.sampler == "aggregate":
+    lo, hi = an.aggregate_range
+    return tuple(range(lo, hi + 1, an.aggregate_stride))
+  levels = an.get("noise_levels")
+  return tuple(levels) if levels else (an.noise_level,)
+
+
+def _validate_levels(config):
+  """The anomaly section's noise levels; raises ConfigError."""
+  from genjax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  an, t = config.anomaly, config.diffusion.num_timesteps
+  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+  if not 1 <= an.noise_level <= t:
+    raise ConfigError(
+        f"config.anomaly.noise_level={an.noise_level} must be in "
+        f"[1, {t}] (noising steps of config.diffusion.num_timesteps={t}).")
+  levels = an.get("noise_levels")
+  if levels is not None and not (
+      isinstance(levels, (tuple, list)) and levels
+      and all(is_int(n) and 1 <= n <= t for n in levels)):
+    raise ConfigError(
+        f"config.anomaly.noise_levels={levels!r}: None or a non-empty tuple "
+        f"of noising steps in [1, {t}], e.g. (250, 500, 750).")
+  if an.sampler != "aggregate":
+    return
+  if levels is not None:
+    raise ConfigError(
+        "config.anomaly.noise_levels is for the step-by-step and one_step "
+        "samplers; sampler='aggregate' visits config.anomaly.aggregate_range "
+        "with aggregate_stride. Set noise_levels=None.")
+  r, stride = an.get("aggregate_range"), an.get("aggregate_stride")
+  if not (isinstance(r, (tuple, list)) and len(r) == 2
+          and all(is_int(n) for n in r) and 1 <= r[0] <= r[1] <= t):
+    raise ConfigError(
+        f"config.anomaly.aggregate_range={r!r}: (low, high) noising steps "
+        f"with 1 <= low <= high <= {t}.")
+  if not (is_int(stride) and stride >= 1):
+    raise ConfigError(
+        f"config.anomaly.aggregate_stride={stride!r}: an integer >= 1.")
+
+
 def validate(config):
   """Config values the DDPM cannot work with; raises ConfigError."""
   from genjax.config import ConfigError  # pylint: disable=g-import-not-at-top
@@ -99,11 +168,7 @@ def validate(config):
     raise ConfigError(
         f"config.model.attention_resolutions={tuple(m.attention_resolutions)}"
         f" are level indices in [0, {len(m.channel_mult)}); got {bad_levels}.")
-  t = config.diffusion.num_timesteps
-  if not 1 <= config.anomaly.noise_level <= t:
-    raise ConfigError(
-        f"config.anomaly.noise_level={config.anomaly.noise_level} must be in "
-        f"[1, {t}] (noising steps of config.diffusion.num_timesteps={t}).")
+  _validate_levels(config)
   for field in ("diffusion.noise", "anomaly.noise"):
     section, name = field.split(".")
     if config[section].get(name, "gaussian") not in ("gaussian", "simplex"):
@@ -114,6 +179,11 @@ def validate(config):
       sampler_kwargs(config[section].sampler, config[section])
     except ValueError as e:
       raise ConfigError(f"config.{section}: {e}") from None
+  if config.sample.sampler in RECONSTRUCTION_ONLY:
+    raise ConfigError(
+        f"config.sample.sampler={config.sample.sampler!r} reconstructs "
+        "from a noised image; sampling from noise needs one of "
+        f"{', '.join(s for s in _SAMPLER_OPTIONS if s not in RECONSTRUCTION_ONLY)}.")
 
 
 def make(config):
@@ -177,16 +247,59 @@ def make(config):
     return jnp.clip(x0, -1.0, 1.0)
 
   anomaly = config.anomaly
-  recon_kwargs = sampler_kwargs(anomaly.sampler, anomaly)
+  recon_sampler = anomaly.sampler
+  recon_kwargs = sampler_kwargs(recon_sampler, anomaly)
   recon_kwargs.setdefault("clip_x0", 1.0)
+  recon_noise = noise_fn(anomaly.noise)
+  levels = noise_levels(config)
 
-  def reconstruct(state, images, rng):
-    x0 = samplers.noise_and_denoise(
-        model_fn(state.ema_params), schedule, rng, images,
-        anomaly.noise_level, sampler=anomaly.sampler,
-        noise_fn=noise_fn(anomaly.noise), prediction=prediction,
-        **recon_kwargs)
+  def reconstruct_at(state, images, rng, level):
+    """AnoDDPM's reconstruction from one noise level (clipped to [-1, 1])."""
+    model = model_fn(state.ema_params)
+    if recon_sampler == "one_step":
+      x0 = samplers.one_step_x0(model, schedule, rng, images, level,
+                                prediction=prediction, noise_fn=recon_noise,
+                                **recon_kwargs)
+    else:
+      x0 = samplers.noise_and_denoise(
+          model, schedule, rng, images, level, sampler=recon_sampler,
+          noise_fn=recon_noise, prediction=prediction, **recon_kwargs)
     return jnp.clip(x0, -1.0, 1.0)
 
+  def ensemble(state, images, rng):
+    """(mean reconstruction, mean residual) over the levels."""
+    if recon_sampler == "aggregate":
+      x0, error = samplers.aggregate_x0_error(
+          model_fn(state.ema_params), schedule, rng, images, levels,
+          prediction=prediction, noise_fn=recon_noise, **recon_kwargs)
+      return jnp.clip(x0, -1.0, 1.0), error
+    # The same key at every level (see the module docstring).
+    recons = [reconstruct_at(state, images, rng, n) for n in levels]
+    return (sum(recons) / len(recons),
+            sum(jnp.abs(images - r) for r in recons) / len(recons))
+
+  def reconstruct(state, images, rng):
+    if len(levels) == 1 and recon_sampler != "aggregate":
+      return reconstruct_at(state, images, rng, levels[0])
+    return ensemble(state, images, rng)[0]
+
+  def ensemble_score(state, images, recon, rng):
+    # The detector's hook: recomputed from the draw's key, so the detector
+    # uses this reconstruction and jit drops `reconstruct`'s unused one.
+    del recon
+    mean_recon, pixel = ensemble(state, images, rng)
+    return {"pixel": pixel, "reconstruction": mean_recon}
+
+  t_count = config.diffusion.num_timesteps
+  if recon_sampler == "aggregate":
+    reconstruct.network_calls = len(levels)
+  else:
+    reconstruct.network_calls = sum(
+        samplers.network_calls(recon_sampler, t_count,
+                               schedules.noise_level_to_index(n, t_count),
+                               **recon_kwargs) for n in levels)
+  hook = (ensemble_score if len(levels) > 1 or recon_sampler == "aggregate"
+          else None)
+
   return Method(init=init, train_step=train_step, sample=sample,
-                reconstruct=reconstruct)
+                reconstruct=reconstruct, anomaly_score=hook)
