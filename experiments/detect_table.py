@@ -27,10 +27,15 @@ from absl import flags
 from experiments.ablations import common
 from genjax import anomaly
 
-_RUNS = flags.DEFINE_list(
-    "runs", None, "NAME=DIR of each detect run (a workdir or a detect folder).")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples.")
-_OUT = flags.DEFINE_string("out", None, "Also write the table here (.md).")
+
+def define_flags():
+  """The command-line flags (defined only when run as a script, so that this
+  module imports beside the benchmark and the ablations)."""
+  flags.DEFINE_list("runs", None,
+                    "NAME=DIR of each detect run (a workdir or a detect "
+                    "folder).")
+  flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples.")
+  flags.DEFINE_string("out", None, "Also write the table here (.md).")
 
 PIXEL = ("auroc", "auprc", "dice_at_threshold", "dice_at_val_threshold",
          "dice_best")
@@ -90,20 +95,22 @@ def table(runs, num_resamples=1000):
 
 def main(argv):
   del argv
-  if not _RUNS.value:
+  f = flags.FLAGS
+  if not f.runs:
     sys.exit("Give --runs=NAME=DIR,...")
   runs = []
-  for item in _RUNS.value:
+  for item in f.runs:
     name, sep, path = item.partition("=")
     if not sep or detect_folder(path) is None:
       sys.exit(f"--runs: {item!r} is not NAME=DIR with a metrics.json in "
                "DIR or DIR/detect (run --mode=detect there first).")
     runs.append((name, path))
-  text = table(runs, _BOOTSTRAP.value)
+  text = table(runs, f.bootstrap)
   print(text)
-  if _OUT.value:
-    common.write_text(_OUT.value, text)
+  if f.out:
+    common.write_text(f.out, text)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
