@@ -62,7 +62,7 @@ def loss_weight(prediction: str, snr: Array, weighting: str, min_snr_gamma: floa
 def denoising_loss(apply_fn: ApplyFn, schedule: sch.Schedule, x0: Array, rng: jax.Array,
                    prediction: str = 'eps', weighting: str = 'none',
                    min_snr_gamma: float = 5.0, t: Array | None = None,
-                   noise_fn: NoiseFn | None = None) -> Array:
+                   noise_fn: NoiseFn | None = None, region: Array | None = None) -> Array:
   """Per-example denoising loss E_eps ||f(x_t, t) - target||² / (H W C).
 
   With prediction='eps' and weighting='none' this is DDPM's L_simple, i.e.
@@ -81,6 +81,10 @@ def denoising_loss(apply_fn: ApplyFn, schedule: sch.Schedule, x0: Array, rng: ja
     t: optional [B] int timestep indices; uniform on {0, …, T-1} if None.
     noise_fn: noise for the forward process (default Gaussian; e.g.
       `simplex.simplex_noise_fn()` for AnoDDPM).
+    region: optional [B, H, W, C] (or broadcastable) mask in {0, 1}: only
+      these pixels are noised (x_t = x0 elsewhere, the clean context of
+      pDDPM's patches) and only they are scored (the squared error is
+      averaged over the region). None: the whole image.
 
   Returns:
     [B] float32 loss per example (average it for the training objective).
@@ -91,8 +95,16 @@ def denoising_loss(apply_fn: ApplyFn, schedule: sch.Schedule, x0: Array, rng: ja
     t = jax.random.randint(t_rng, (x0.shape[0],), 0, schedule.num_timesteps)
   noise = (noise_fn or gaussian_noise)(noise_rng, x0.shape)
   x_t = sch.q_sample(schedule, x0, t, noise)
+  if region is not None:
+    region = jnp.broadcast_to(region, x0.shape).astype(jnp.float32)
+    x_t = region * x_t + (1.0 - region) * x0
   alpha, sigma = sch.alpha_sigma(schedule, t)
   out = apply_fn(x_t, t)
   tgt = sch.target(prediction, x0, noise, alpha, sigma)
-  mse = jnp.mean(jnp.square(out.astype(jnp.float32) - tgt), axis=tuple(range(1, x0.ndim)))
+  se = jnp.square(out.astype(jnp.float32) - tgt)
+  axes = tuple(range(1, x0.ndim))
+  if region is None:
+    mse = jnp.mean(se, axis=axes)
+  else:
+    mse = jnp.sum(se * region, axis=axes) / jnp.maximum(jnp.sum(region, axis=axes), 1.0)
   return mse * loss_weight(prediction, (alpha / sigma) ** 2, weighting, min_snr_gamma)

@@ -151,6 +151,33 @@ def _discrete_sequence(schedule, t_start, num_steps, stride) -> np.ndarray:
   return timestep_sequence(t_start, num_steps, stride)
 
 
+def _with_known(step_fn, schedule, known, noise_fn):
+  """RePaint's known-region replacement (Lugmayr et al., 2022) around a step.
+
+  `known` = (x_known [B, H, W, C], keep [B, H, W, C] or broadcastable, in
+  {0, 1}). After every step to index t_prev, the kept pixels are replaced by
+  a fresh forward sample q(x_{t_prev} | x_known) (x_known itself at the last
+  step, index -1), so the model only generates where keep = 0 while seeing
+  the known content, noised to its own level, everywhere else. The output
+  equals x_known exactly where keep = 1. (RePaint's resampling jumps are not
+  taken: one pass.)
+  """
+  if known is None:
+    return step_fn
+  x_known, keep = known
+  keep = jnp.broadcast_to(keep, x_known.shape).astype(jnp.float32)
+
+  def step(x, inp):
+    t, t_prev, key = inp
+    step_key, known_key = jax.random.split(key)
+    x, _ = step_fn(x, (t, t_prev, step_key))
+    abar = sch.alpha_bar(schedule, t_prev)
+    x_k = jnp.sqrt(abar) * x_known + jnp.sqrt(1.0 - abar) * noise_fn(known_key, x.shape)
+    return keep * x_k + (1.0 - keep) * x, None
+
+  return step
+
+
 def _discrete_loop(step_fn, x_start: Array, ts: np.ndarray, rng: jax.Array) -> Array:
   t_prev = np.append(ts[1:], -1).astype(np.int32)
   keys = jax.random.split(rng, len(ts))
@@ -176,7 +203,8 @@ def ddpm_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
                 t_start: int | None = None, *, prediction: str = 'eps',
                 num_steps: int | None = None, stride: int | None = None,
                 variance: str = 'small', clip_x0: float | None = None,
-                noise_fn: losses.NoiseFn | None = None) -> Array:
+                noise_fn: losses.NoiseFn | None = None,
+                known: tuple[Array, Array] | None = None) -> Array:
   """Ancestral sampling: x_s ~ q(x_s | x_t, x0 = x0_hat(x_t)).
 
   For consecutive indices (stride 1) this is DDPM's algorithm 2 with the
@@ -197,6 +225,8 @@ def ddpm_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
     clip_x0: clip x0 predictions to [-clip_x0, clip_x0] (e.g. 1 for data
       in [-1, 1]).
     noise_fn: noise of each step (default Gaussian).
+    known: optional (x_known, keep): inpaint, keeping x_known where keep = 1
+      (see `_with_known`).
 
   Returns:
     [B, H, W, C] samples.
@@ -217,7 +247,7 @@ def ddpm_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
     var = jnp.where(t_prev >= 0, var, 0.0)
     return mean + jnp.sqrt(var) * noise_fn(key, x.shape), None
 
-  return _discrete_loop(step, x_start, ts, rng)
+  return _discrete_loop(_with_known(step, schedule, known, noise_fn), x_start, ts, rng)
 
 
 @register_sampler('ddim')
@@ -225,7 +255,8 @@ def ddim_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
                 t_start: int | None = None, *, prediction: str = 'eps', eta: float = 0.0,
                 num_steps: int | None = None, stride: int | None = None,
                 clip_x0: float | None = None,
-                noise_fn: losses.NoiseFn | None = None) -> Array:
+                noise_fn: losses.NoiseFn | None = None,
+                known: tuple[Array, Array] | None = None) -> Array:
   """DDIM: x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma²) eps_hat + sigma z.
 
   sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s);
@@ -245,6 +276,8 @@ def ddim_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
     stride: index stride (see `timestep_sequence`).
     clip_x0: optional clip of the x0 predictions.
     noise_fn: noise of each step when eta > 0 (default Gaussian).
+    known: optional (x_known, keep): inpaint, keeping x_known where keep = 1
+      (see `_with_known`).
 
   Returns:
     [B, H, W, C] samples.
@@ -261,7 +294,7 @@ def ddim_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_sta
       x = x + sigma * noise_fn(key, x.shape)
     return x, None
 
-  return _discrete_loop(step, x_start, ts, rng)
+  return _discrete_loop(_with_known(step, schedule, known, noise_fn), x_start, ts, rng)
 
 
 # --- Continuous-time samplers -------------------------------------------------
@@ -480,11 +513,19 @@ def noise_and_denoise(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array,
 
 
 def _noised(schedule: sch.Schedule, rng: jax.Array, x0: Array, t: Array,
-            noise_fn: losses.NoiseFn | None) -> Array:
-  """x_t of the forward process, drawn with `noise_and_denoise`'s key split."""
+            noise_fn: losses.NoiseFn | None, region: Array | None = None) -> Array:
+  """x_t of the forward process, drawn with `noise_and_denoise`'s key split.
+
+  With a `region` mask (in {0, 1}), only those pixels are noised and the
+  rest stay x0 (pDDPM's clean context), as in `losses.denoising_loss`.
+  """
   noise_rng, _ = jax.random.split(rng)
   noise = (noise_fn or losses.gaussian_noise)(noise_rng, x0.shape)
-  return sch.q_sample(schedule, x0, jnp.full((x0.shape[0],), t), noise)
+  x_t = sch.q_sample(schedule, x0, jnp.full((x0.shape[0],), t), noise)
+  if region is None:
+    return x_t
+  region = jnp.broadcast_to(region, x0.shape).astype(x_t.dtype)
+  return region * x_t + (1.0 - region) * x0
 
 
 def _x0_hat(model_fn, schedule, x_t, t, prediction, clip_x0):
@@ -497,7 +538,7 @@ def _x0_hat(model_fn, schedule, x_t, t, prediction, clip_x0):
 
 def one_step_x0(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x0: Array,
                 noise_level: int, *, prediction: str = 'eps', clip_x0: float | None = None,
-                noise_fn: losses.NoiseFn | None = None) -> Array:
+                noise_fn: losses.NoiseFn | None = None, region: Array | None = None) -> Array:
   """One-step reconstruction: noise x0 by `noise_level` steps, predict x0 once.
 
   x_t = alpha x0 + sigma noise is drawn exactly as `noise_and_denoise` draws
@@ -514,12 +555,14 @@ def one_step_x0(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x0: A
     prediction: 'eps', 'x0' or 'v'.
     clip_x0: optional clip of the x0 prediction.
     noise_fn: forward noise (default Gaussian).
+    region: optional mask in {0, 1}: noise only there (see `_noised`); the
+      estimate is returned for every pixel, the caller keeps the region's.
 
   Returns:
     [B, H, W, C] x0 estimates.
   """
   t = sch.noise_level_to_index(noise_level, schedule.num_timesteps)
-  x_t = _noised(schedule, rng, x0, t, noise_fn)
+  x_t = _noised(schedule, rng, x0, t, noise_fn, region)
   return _x0_hat(model_fn, schedule, x_t, t, prediction, clip_x0)
 
 

@@ -28,7 +28,7 @@ The ensemble and 'aggregate' reach the detector through the Method's
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
@@ -186,9 +186,77 @@ def validate(config):
         f"{', '.join(s for s in _SAMPLER_OPTIONS if s not in RECONSTRUCTION_ONLY)}.")
 
 
-def make(config):
-  """The DDPM as a `Method` (see genjax.methods)."""
-  model = make_model(config)
+class Denoiser(NamedTuple):
+  """What one draw of a reconstruction works with (see `Variant`).
+
+  `model(x_t, t)` is the network bound to the EMA parameters and, for a
+  conditioned variant, to the images being reconstructed.
+  """
+  model: Callable[..., Any]
+  schedule: Any
+  prediction: str
+  noise_fn: Callable[..., Any]      # config.anomaly.noise
+  sampler: str                      # config.anomaly.sampler
+  sampler_kwargs: dict
+
+  def anoddpm(self, images, rng, level, **kwargs):
+    """AnoDDPM's reconstruction from one noise level (not clipped).
+
+    One network call ('one_step', `samplers.one_step_x0`) or denoising back
+    step by step with the configured sampler; `kwargs` go to the sampler
+    (e.g. `region` for one_step, `known` for ddpm/ddim).
+    """
+    if self.sampler == "one_step":
+      return samplers.one_step_x0(self.model, self.schedule, rng, images, level,
+                                  prediction=self.prediction,
+                                  noise_fn=self.noise_fn,
+                                  **self.sampler_kwargs, **kwargs)
+    return samplers.noise_and_denoise(
+        self.model, self.schedule, rng, images, level, sampler=self.sampler,
+        noise_fn=self.noise_fn, prediction=self.prediction,
+        **self.sampler_kwargs, **kwargs)
+
+
+def anoddpm_at(denoiser, images, rng, level):
+  """The plain DDPM's reconstruction from one level: `Denoiser.anoddpm`."""
+  return denoiser.anoddpm(images, rng, level)
+
+
+class Variant(NamedTuple):
+  """What a DDPM variant (pDDPM, cDDPM, AutoDDPM) changes; the rest is shared.
+
+  Each variant is one module that calls `make(config, Variant(...))`, so that
+  training, EMA, sampling, the multi-t ensemble and the detector hook exist
+  once.
+
+  model           the Flax module (None: `make_model(config)`, the UNet).
+  conditioned     the module is called as model(x, t, train=, image=, keep=):
+                  `image` is the clean image in training, the image being
+                  reconstructed in `reconstruct`, None when sampling from
+                  noise; `keep` [B] in {0, 1} drops the condition of some
+                  training examples (probability config.model.cond_dropout)
+                  so that the same network also samples unconditionally.
+  train_region    train_region(rng, shape) -> [B, H, W, 1] in {0, 1}: the
+                  pixels the training loss noises and scores (pDDPM's patch);
+                  None: the whole image.
+  reconstruct_at  reconstruct_at(denoiser, images, rng, level) -> x0 (not
+                  clipped): one noise level's reconstruction (None:
+                  `anoddpm_at`). The ensemble over config.anomaly.noise_levels
+                  averages it like the plain DDPM's.
+  network_calls   network_calls(level, anoddpm_calls) -> UNet evaluations of
+                  one `reconstruct_at` per image, given what AnoDDPM's takes
+                  at that level (None: the same).
+  """
+  model: Any = None
+  conditioned: bool = False
+  train_region: Optional[Callable[..., Any]] = None
+  reconstruct_at: Optional[Callable[..., Any]] = None
+  network_calls: Optional[Callable[[int, int], int]] = None
+
+
+def make(config, variant=Variant()):
+  """The DDPM (or a `Variant` of it) as a `Method` (see genjax.methods)."""
+  model = variant.model if variant.model is not None else make_model(config)
   schedule = make_schedule(config)
   tx = optim.make_optimizer(config.optim)
   prediction = config.diffusion.prediction
@@ -196,26 +264,42 @@ def make(config):
   accum_steps = config.train.grad_accum_steps
   # Configs saved before diffusion.noise existed trained with Gaussian noise.
   train_noise = noise_fn(config.diffusion.get("noise", "gaussian"))
+  cond_dropout = config.model.get("cond_dropout", 0.0)
 
-  def model_fn(params):
-    return lambda x, t: model.apply({"params": params}, x, t, train=False)
+  def apply(params, x, t, image=None, *, train=False, keep=None, rngs=None):
+    if variant.conditioned:
+      return model.apply({"params": params}, x, t, train=train, image=image,
+                         keep=keep, rngs=rngs)
+    return model.apply({"params": params}, x, t, train=train, rngs=rngs)
+
+  def model_fn(params, image=None):
+    return lambda x, t: apply(params, x, t, image)
 
   def init(rng, batch):
     images = batch["image"]
-    params = model.init({"params": rng}, images,
-                        jnp.zeros((images.shape[0],), jnp.int32))["params"]
+    t = jnp.zeros((images.shape[0],), jnp.int32)
+    extra = {"image": images} if variant.conditioned else {}
+    params = model.init({"params": rng}, images, t, **extra)["params"]
     return State(step=jnp.zeros((), jnp.int32), params=params,
                  ema_params=params, opt_state=tx.init(params))
 
   def grad_fn(params, batch, rng):
-    loss_rng, dropout_rng = jax.random.split(rng)
+    loss_rng, dropout_rng, region_rng, keep_rng = jax.random.split(rng, 4)
+    images = batch["image"]
+    region = (variant.train_region(region_rng, images.shape)
+              if variant.train_region is not None else None)
+    keep = None
+    if variant.conditioned:
+      keep = jax.random.bernoulli(keep_rng, 1.0 - cond_dropout,
+                                  (images.shape[0],)).astype(jnp.float32)
 
     def loss_fn(params):
-      apply = lambda x, t: model.apply({"params": params}, x, t, train=True,
-                                       rngs={"dropout": dropout_rng})
+      net = lambda x, t: apply(params, x, t, images, train=True, keep=keep,
+                               rngs={"dropout": dropout_rng})
       per_example = losses.denoising_loss(
-          apply, schedule, batch["image"], loss_rng, prediction=prediction,
-          weighting=config.diffusion.weighting, noise_fn=train_noise)
+          net, schedule, images, loss_rng, prediction=prediction,
+          weighting=config.diffusion.weighting, noise_fn=train_noise,
+          region=region)
       return jnp.mean(per_example)
 
     return jax.value_and_grad(loss_fn)(params), ()
@@ -241,6 +325,7 @@ def make(config):
     prior_rng, rng = jax.random.split(rng)
     # A model trained on simplex noise starts from it and adds it per step.
     x_T = train_noise(prior_rng, (n, size, size, 1))
+    # A conditioned variant samples unconditionally (image=None).
     x0 = samplers.get_sampler(sample_cfg.sampler)(
         model_fn(state.ema_params), schedule, rng, x_T, None,
         prediction=prediction, noise_fn=train_noise, **sample_kwargs)
@@ -252,25 +337,24 @@ def make(config):
   recon_kwargs.setdefault("clip_x0", 1.0)
   recon_noise = noise_fn(anomaly.noise)
   levels = noise_levels(config)
+  level_fn = variant.reconstruct_at or anoddpm_at
+
+  def denoiser(state, images):
+    return Denoiser(model=model_fn(state.ema_params, images),
+                    schedule=schedule, prediction=prediction,
+                    noise_fn=recon_noise, sampler=recon_sampler,
+                    sampler_kwargs=recon_kwargs)
 
   def reconstruct_at(state, images, rng, level):
-    """AnoDDPM's reconstruction from one noise level (clipped to [-1, 1])."""
-    model = model_fn(state.ema_params)
-    if recon_sampler == "one_step":
-      x0 = samplers.one_step_x0(model, schedule, rng, images, level,
-                                prediction=prediction, noise_fn=recon_noise,
-                                **recon_kwargs)
-    else:
-      x0 = samplers.noise_and_denoise(
-          model, schedule, rng, images, level, sampler=recon_sampler,
-          noise_fn=recon_noise, prediction=prediction, **recon_kwargs)
-    return jnp.clip(x0, -1.0, 1.0)
+    """One noise level's reconstruction (clipped to [-1, 1])."""
+    return jnp.clip(level_fn(denoiser(state, images), images, rng, level),
+                    -1.0, 1.0)
 
   def ensemble(state, images, rng):
     """(mean reconstruction, mean residual) over the levels."""
     if recon_sampler == "aggregate":
       x0, error = samplers.aggregate_x0_error(
-          model_fn(state.ema_params), schedule, rng, images, levels,
+          model_fn(state.ema_params, images), schedule, rng, images, levels,
           prediction=prediction, noise_fn=recon_noise, **recon_kwargs)
       return jnp.clip(x0, -1.0, 1.0), error
     # The same key at every level (see the module docstring).
@@ -294,10 +378,14 @@ def make(config):
   if recon_sampler == "aggregate":
     reconstruct.network_calls = len(levels)
   else:
-    reconstruct.network_calls = sum(
-        samplers.network_calls(recon_sampler, t_count,
-                               schedules.noise_level_to_index(n, t_count),
-                               **recon_kwargs) for n in levels)
+    calls = lambda n: samplers.network_calls(
+        recon_sampler, t_count, schedules.noise_level_to_index(n, t_count),
+        **recon_kwargs)
+    if variant.network_calls is not None:
+      reconstruct.network_calls = sum(
+          variant.network_calls(n, calls(n)) for n in levels)
+    else:
+      reconstruct.network_calls = sum(calls(n) for n in levels)
   hook = (ensemble_score if len(levels) > 1 or recon_sampler == "aggregate"
           else None)
 

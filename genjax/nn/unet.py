@@ -262,14 +262,22 @@ class UNet(nn.Module):
     return chans, n_res
 
   @nn.compact
-  def __call__(self, x: Array, t: Array, train: bool = False) -> Array:
+  def __call__(self, x: Array, t: Array, train: bool = False,
+               cond: Array | None = None) -> Array:
     """Predicts eps / x0 / v for noisy images.
 
     Args:
-      x: [B, H, W, C] noisy images.
+      x: [B, H, W, C] noisy images. Image-shaped conditioning (a mask, a
+        second contrast) is concatenated here as extra channels: `conv_in`
+        takes whatever C is.
       t: [B] (or scalar) timesteps, int or float; the sinusoidal embedding
         takes them as they are (genjax uses timestep indices 0..T-1).
       train: enables dropout.
+      cond: optional [B, D] conditioning vector (cDDPM's image encoding, a
+        class or guidance embedding): projected by a Dense layer
+        ('cond_dense') and added to the time embedding, so every residual
+        block sees it. A model initialised with cond must always get one
+        (zeros are a valid "no condition").
 
     Returns:
       [B, H, W, out_channels] float32.
@@ -286,6 +294,11 @@ class UNet(nn.Module):
     temb = timestep_embedding(t, chans[0]).astype(self.dtype)
     temb = nn.Dense(temb_dim, dtype=self.dtype, name='time_dense0')(temb)
     temb = nn.Dense(temb_dim, dtype=self.dtype, name='time_dense1')(nn.silu(temb))
+    if cond is not None:
+      if cond.ndim != 2 or cond.shape[0] != x.shape[0]:
+        raise ValueError(f'UNet: cond must be [B, D] with B = {x.shape[0]}, got {cond.shape}.')
+      temb = temb + nn.Dense(temb_dim, dtype=self.dtype, name='cond_dense')(
+          cond.astype(self.dtype))
 
     h = _conv(chans[0], 3, self.dtype, 'conv_in')(x.astype(self.dtype))
     skips = [h]
