@@ -34,13 +34,13 @@ from genjax import parallel
 # trained); anything else differing means the workdir belongs to another run.
 # compute_dtype and grad_accum_steps change how an update is computed, not
 # which one (same parameters, same global batch), so a run can move to other
-# hardware.
+# hardware. autoddpm.* only changes how AutoDDPM reconstructs.
 RESUMABLE_FIELDS = (
     "train.num_steps", "train.log_every", "train.ckpt_every",
     "train.sample_every", "train.num_samples", "train.keep_checkpoints",
     "train.compute_dtype", "train.grad_accum_steps",
     "data.data_dir", "data.manual_dir", "data.prefetch", "data.cache",
-    "sample.", "anomaly.", "eval.",
+    "sample.", "anomaly.", "eval.", "autoddpm.",
 )
 
 # The item folder and tree metadata file orbax's StandardCheckpointHandler

@@ -40,9 +40,12 @@ import importlib
 from typing import Any, Callable, NamedTuple, Optional
 
 _METHODS = {
+    "autoddpm": "genjax.methods.autoddpm",
+    "cddpm": "genjax.methods.cddpm",
     "ddpm": "genjax.methods.ddpm",
     "floor": "genjax.methods.floor",
     "gan": "genjax.methods.gan",
+    "pddpm": "genjax.methods.pddpm",
     "vae": "genjax.methods.vae",
 }
 
