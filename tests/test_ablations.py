@@ -196,45 +196,100 @@ def test_noise_level_sweep_writes_consistent_tables_and_resumes(trained_ddpm):
   assert third["computed"] == [("gaussian", 10)]
 
 
-def test_compare_models_tables_figures_and_resume(tmp_path, phantom_data_dir):
+def test_compare_models_seeds_grids_tables_and_resume(tmp_path,
+                                                     phantom_data_dir,
+                                                     monkeypatch):
   from experiments.ablations import compare_models
+  monkeypatch.setitem(compare_models.GRIDS, "ddpm",
+                      ("anomaly.noise_level", (5, 20)))
   workdir = str(tmp_path / "compare")
+  entries = ("floor", "vae", "ddpm", "one_step")
   configs = compare_models.build_configs(
-      "smoke", compare_models.METHODS,
-      [f"data.data_dir={phantom_data_dir}", "anomaly.write_maps=False"],
-      {"gan": ["gan.gan_steps=2", "gan.encoder_steps=1"]})
-  first = compare_models.run(workdir, configs)
-  kinds = sorted(k for k, _ in first["computed"])
-  assert kinds == ["detect"] * 3 + ["eval"] * 3 + ["train"] * 3
-  rows = common.read_csv(os.path.join(workdir, "comparison.csv"))
-  by_key = {r["metric"]: r for r in rows}
-  for m in compare_models.METHODS:
-    with open(os.path.join(workdir, m, "eval", "metrics.json")) as f:
-      ev = json.load(f)
-    with open(os.path.join(workdir, m, "detect", "metrics.json")) as f:
-      det = json.load(f)
-    assert float(by_key["ssim"][m]) == ev["reconstruction"]["test"]["ssim"]
-    assert float(by_key["fd_random_conv"][m]) == ev["fd_random_conv"]
-    assert by_key["fid"][m] == ""  # No Inception weights: null, not faked.
-    assert float(by_key["auprc"][m]) == det["auprc"]
-    assert float(by_key["dice_best"][m]) == det["dice_best"]
-    assert float(by_key["dice_at_val_threshold"][m]) == det[
-        "dice_at_val_threshold"]
+      "smoke", entries,
+      [f"data.data_dir={phantom_data_dir}", "anomaly.write_maps=False"])
+  first = compare_models.run(workdir, configs, seeds=(0, 1),
+                             num_resamples=20)
+  computed = sorted(first["computed"])
+  # One training run per trainable network and seed (one_step reuses the
+  # DDPM's), eval on the first seed only, every detector once.
+  assert sorted(d for k, d in computed if k == "train") == sorted(
+      os.path.join(workdir, f"seed{s}", m) for s in (0, 1)
+      for m in ("vae", "ddpm"))
+  assert sorted(d for k, d in computed if k == "eval") == sorted(
+      os.path.join(workdir, "seed0", m, "eval") for m in ("vae", "ddpm"))
+  assert sum(k == "detect" for k, _ in computed) == 2 * (1 + 1 + 2 + 1)
+  table = first["table"]
+  for s in (0, 1):
+    ddpm_dir = os.path.join(workdir, f"seed{s}", "ddpm")
+    grid = {t: json.load(open(os.path.join(
+        ddpm_dir, "detect_ddpm", f"anomaly.noise_level={t}",
+        "metrics.json"))) for t in (5, 20)}
+    # The grid value with the best validation AUPRC (ties: the first).
+    best = max((5, 20), key=lambda t: (grid[t]["auprc_val"], -t))
+    assert f"s{s}: noise_level={best}" in table["ddpm"]["chosen"]
+    one_step = json.load(open(os.path.join(ddpm_dir, "detect_one_step",
+                                           "metrics.json")))
+    assert one_step["network_calls_per_slice"] == 3
+  runs = json.load(open(os.path.join(workdir, "comparison.json")))["entries"]
+  for e in entries:
+    values = [r["metrics"]["auprc"] for r in runs[e]["runs"]]
+    assert table[e]["auprc"] == pytest.approx(np.mean(values))
+    assert table[e]["auprc_sd"] == pytest.approx(np.std(values, ddof=1))
+    lo, hi = table[e]["auprc_lo"], table[e]["auprc_hi"]
+    assert lo <= hi
+  # The seeds trained different networks; the floor has none.
+  vae_runs = runs["vae"]["runs"]
+  assert vae_runs[0]["metrics"]["auprc"] != vae_runs[1]["metrics"]["auprc"]
+  floor_runs = runs["floor"]["runs"]
+  assert floor_runs[0]["metrics"]["auprc"] == floor_runs[1]["metrics"][
+      "auprc"]
   md = open(os.path.join(workdir, "comparison.md")).read()
-  assert "NOT FID" in md
-  assert anomaly.fmt(float(by_key["auprc"]["gan"])) in md
-  summary = json.load(open(os.path.join(workdir, "comparison.json")))
-  assert set(summary["methods"]) == set(compare_models.METHODS)
+  assert "NOT FID" in md and "| one_step |" in md
   for name in ("samples.png", "reconstructions.png", "residuals.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
 
-  stamp = os.path.getmtime(os.path.join(workdir, "vae", "detect",
-                                        "metrics.json"))
-  second = compare_models.run(workdir, configs)
+  second = compare_models.run(workdir, configs, seeds=(0, 1),
+                              num_resamples=20)
   assert second["computed"] == []
-  assert second["table"] == first["table"]
-  assert os.path.getmtime(os.path.join(workdir, "vae", "detect",
-                                       "metrics.json")) == stamp
+  assert second["table"] == table
+
+
+def test_compare_models_bootstrap_interval_is_of_the_seed_mean(tmp_path):
+  """summarise() against a hand computation on two fake seeds' histograms."""
+  from experiments.ablations import compare_models
+  rng = np.random.default_rng(0)
+  runs = []
+  for seed in (0, 1):
+    d = tmp_path / f"s{seed}"
+    d.mkdir()
+    hists = {}
+    for subject in ("a", "b", "c", "d"):
+      h = detection.ScoreHistogram(0.0, 2.0, 32)
+      scores = rng.uniform(0, 2, 400)
+      labels = rng.uniform(size=400) < 0.1 + 0.3 * (scores > 1.2)
+      h.update(scores, labels)
+      hists[subject] = h
+    path = anomaly.write_subject_histograms(str(d / "h.npz"), hists,
+                                            threshold=1.0)
+    pooled = anomaly.pooled_histogram(anomaly.load_subject_histograms(path))
+    runs.append({"seed": seed, "dir": str(d), "grid": None, "metrics": {
+        "subject_histograms": "h.npz", "auprc": pooled.auprc(),
+        "auroc": pooled.auroc(), "dice_at_val_threshold": None, "step": 1,
+        "slice_auroc": None, "network_calls_per_slice": 1,
+        "seconds_per_slice": 0.5, "n_test_slices": 8,
+        "n_test_subjects": 4}})
+  row = compare_models.summarise({"floor": runs}, num_resamples=50)["floor"]
+  resamples = common.subject_resamples(4, 50)
+  means = []
+  for rows in resamples:
+    vals = [anomaly.pooled_histogram(anomaly.load_subject_histograms(
+        os.path.join(r["dir"], "h.npz")), rows).auprc() for r in runs]
+    means.append(np.mean(vals))
+  assert row["auprc"] == pytest.approx(np.mean([r["metrics"]["auprc"]
+                                                for r in runs]))
+  assert row["auprc_lo"] == pytest.approx(np.percentile(means, 2.5))
+  assert row["auprc_hi"] == pytest.approx(np.percentile(means, 97.5))
+  assert row["seconds_per_volume"] == pytest.approx(0.5 * 8 / 4)
 
 
 def _synthetic_brain(blob=None, size=48):
