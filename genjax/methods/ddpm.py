@@ -25,6 +25,15 @@ The ensemble and 'aggregate' reach the detector through the Method's
 `anomaly_score` hook (it takes the draw's rng and returns 'pixel' and
 'reconstruction'); `reconstruct` alone returns the mean reconstruction.
 `reconstruct.network_calls` is the UNet evaluations of one draw.
+
+Variants. pDDPM (genjax/methods/pddpm.py), cDDPM (cddpm.py) and AutoDDPM
+(autoddpm.py) are this module's `make(config, Variant(...))`: a variant
+changes only the network, the pixels the training loss noises, or one noise
+level's reconstruction (`Variant`), so that training, EMA, sampling, the
+multi-t ensemble and the detector hook exist once. None of them needed the
+method interface to grow: `reconstruct(state, images, rng)` already receives
+the image, which is all cDDPM's condition and AutoDDPM's second pass
+(mask, stitch, re-sample) need.
 """
 
 import functools
