@@ -44,8 +44,8 @@ def get_config(arg=None):
   # UAD, configs/experiment/MIDL23_DDPM/DDPM_patched.yaml). Higher than the
   # whole-slice DDPM's 200 because the clean context carries the anatomy, so
   # the patch can be noised far enough to erase lesions. Tune it on the
-  # validation patients (experiments/ablations/noise_level.py) for a new
-  # dataset.
+  # validation patients for a new dataset (experiments.ablations.
+  # compare_models chooses it from its GRIDS by validation AUPRC).
   anomaly.noise_level = 500
   anomaly.noise_levels = None  # One level; a tuple gives the multi-t ensemble.
   return config
