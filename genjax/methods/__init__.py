@@ -12,6 +12,12 @@ evaluator and one anomaly detector serve them all.
                                   # (f-AnoGAN); may also return 'reconstruction'
   reported(step, name) -> bool   optional           # which metrics a step logs
   trainable: bool                optional, True     # False: no checkpoint (the floor)
+  generate(state, rng, condition, guidance_scale[, known]) -> images
+                                 optional           # conditional sampling
+                                  # (lesion_ddpm): `condition` a batch dict
+                                  # of n examples (e.g. 'mask'), guided as
+                                  # u + s (c - u); `known` = (x, keep)
+                                  # inpaints, keeping x where keep = 1
 
 `batch` is a dict of arrays: image [B, H, W, 1] in [-1, 1], mask, brain
 [B, H, W, 1] in {0, 1}, label [B]. `state` must carry an integer `step`.
@@ -45,6 +51,7 @@ _METHODS = {
     "ddpm": "genjax.methods.ddpm",
     "floor": "genjax.methods.floor",
     "gan": "genjax.methods.gan",
+    "lesion_ddpm": "genjax.methods.lesion_ddpm",
     "pddpm": "genjax.methods.pddpm",
     "vae": "genjax.methods.vae",
 }
@@ -67,6 +74,14 @@ class Method(NamedTuple):
   # False for a method with nothing to learn (the intensity floor): detect
   # starts from `init` instead of a checkpoint, and train refuses.
   trainable: bool = True
+  # Optional: generate(state, rng, condition, guidance_scale=1.0, known=None)
+  # -> [n, H, W, 1] in [-1, 1]: samples given a condition (a batch dict of n
+  # examples holding what the method conditions on, e.g. a lesion 'mask'),
+  # with classifier-free guidance scale s (1: the conditional model, 0: the
+  # unconditional one); `known` = (x_known, keep) inpaints, the output
+  # equalling x_known exactly where keep = 1. None: the method samples only
+  # unconditionally.
+  generate: Optional[Callable[..., Any]] = None
 
 
 def names():

@@ -26,14 +26,24 @@ The ensemble and 'aggregate' reach the detector through the Method's
 'reconstruction'); `reconstruct` alone returns the mean reconstruction.
 `reconstruct.network_calls` is the UNet evaluations of one draw.
 
-Variants. pDDPM (genjax/methods/pddpm.py), cDDPM (cddpm.py) and AutoDDPM
-(autoddpm.py) are this module's `make(config, Variant(...))`: a variant
-changes only the network, the pixels the training loss noises, or one noise
-level's reconstruction (`Variant`), so that training, EMA, sampling, the
-multi-t ensemble and the detector hook exist once. None of them needed the
-method interface to grow: `reconstruct(state, images, rng)` already receives
-the image, which is all cDDPM's condition and AutoDDPM's second pass
-(mask, stitch, re-sample) need.
+Variants. pDDPM (genjax/methods/pddpm.py), cDDPM (cddpm.py), AutoDDPM
+(autoddpm.py) and the lesion-conditioned DDPM (lesion_ddpm.py) are this
+module's `make(config, Variant(...))`: a variant changes only the network,
+the pixels the training loss noises, one noise level's reconstruction, or
+what the network is conditioned on (`Variant`), so that training, EMA,
+sampling, the multi-t ensemble and the detector hook exist once. cDDPM and
+AutoDDPM did not need the method interface to grow: `reconstruct(state,
+images, rng)` already receives the image, which is all cDDPM's condition and
+AutoDDPM's second pass (mask, stitch, re-sample) need. A condition derived
+from other parts of a batch (a lesion mask) is `Variant.condition`; such a
+variant's Method also has `generate(state, rng, condition, guidance_scale,
+known=None)`, which samples given a condition with classifier-free guidance:
+the guided prediction is u + s (c - u), u and c the network's unconditional
+and conditional predictions. s = 1 is the conditional model, s = 0 the
+unconditional one (each then takes one network call per step, and equals
+that model exactly). The combination is affine with weights summing to 1, so
+guiding the eps, x0 or v prediction gives the same eps (for every
+config.diffusion.prediction).
 """
 
 import functools
@@ -232,11 +242,11 @@ def anoddpm_at(denoiser, images, rng, level):
 
 
 class Variant(NamedTuple):
-  """What a DDPM variant (pDDPM, cDDPM, AutoDDPM) changes; the rest is shared.
+  """What a DDPM variant (pDDPM, cDDPM, AutoDDPM, lesion_ddpm) changes.
 
-  Each variant is one module that calls `make(config, Variant(...))`, so that
-  training, EMA, sampling, the multi-t ensemble and the detector hook exist
-  once.
+  The rest is shared: each variant is one module that calls
+  `make(config, Variant(...))`, so that training, EMA, sampling, the
+  multi-t ensemble and the detector hook exist once.
 
   model           the Flax module (None: `make_model(config)`, the UNet).
   conditioned     the module is called as model(x, t, train=, image=, keep=):
@@ -255,12 +265,24 @@ class Variant(NamedTuple):
   network_calls   network_calls(level, anoddpm_calls) -> UNet evaluations of
                   one `reconstruct_at` per image, given what AnoDDPM's takes
                   at that level (None: the same).
+  condition       condition(batch, rng) -> pytree: the network's condition
+                  derived from a batch dict (e.g. a lesion mask and the
+                  healthy context around it), with the variant's own
+                  condition dropout drawn from `rng` in training (rng None:
+                  nothing dropped). The module is then called as
+                  model(x, t, train=, condition=), condition None meaning
+                  "no condition" (it must equal a fully dropped one): the
+                  training batch's condition in training, None when sampling
+                  from noise and in `reconstruct`, and the condition of the
+                  batch given to the Method's `generate` (which exists only
+                  for such a variant). Exclusive with `conditioned`.
   """
   model: Any = None
   conditioned: bool = False
   train_region: Optional[Callable[..., Any]] = None
   reconstruct_at: Optional[Callable[..., Any]] = None
   network_calls: Optional[Callable[[int, int], int]] = None
+  condition: Optional[Callable[..., Any]] = None
 
 
 def make(config, variant=Variant()):
@@ -274,20 +296,29 @@ def make(config, variant=Variant()):
   # Configs saved before diffusion.noise existed trained with Gaussian noise.
   train_noise = noise_fn(config.diffusion.get("noise", "gaussian"))
   cond_dropout = config.model.get("cond_dropout", 0.0)
+  if variant.conditioned and variant.condition is not None:
+    raise ValueError("A DDPM Variant is either `conditioned` (on the image) "
+                     "or has a `condition` hook, not both.")
 
-  def apply(params, x, t, image=None, *, train=False, keep=None, rngs=None):
+  def apply(params, x, t, image=None, *, condition=None, train=False,
+            keep=None, rngs=None):
     if variant.conditioned:
       return model.apply({"params": params}, x, t, train=train, image=image,
                          keep=keep, rngs=rngs)
+    if variant.condition is not None:
+      return model.apply({"params": params}, x, t, train=train,
+                         condition=condition, rngs=rngs)
     return model.apply({"params": params}, x, t, train=train, rngs=rngs)
 
-  def model_fn(params, image=None):
-    return lambda x, t: apply(params, x, t, image)
+  def model_fn(params, image=None, condition=None):
+    return lambda x, t: apply(params, x, t, image, condition=condition)
 
   def init(rng, batch):
     images = batch["image"]
     t = jnp.zeros((images.shape[0],), jnp.int32)
     extra = {"image": images} if variant.conditioned else {}
+    if variant.condition is not None:
+      extra = {"condition": variant.condition(batch, None)}
     params = model.init({"params": rng}, images, t, **extra)["params"]
     return State(step=jnp.zeros((), jnp.int32), params=params,
                  ema_params=params, opt_state=tx.init(params))
@@ -297,13 +328,16 @@ def make(config, variant=Variant()):
     images = batch["image"]
     region = (variant.train_region(region_rng, images.shape)
               if variant.train_region is not None else None)
-    keep = None
+    keep = condition = None
     if variant.conditioned:
       keep = jax.random.bernoulli(keep_rng, 1.0 - cond_dropout,
                                   (images.shape[0],)).astype(jnp.float32)
+    if variant.condition is not None:
+      condition = variant.condition(batch, keep_rng)
 
     def loss_fn(params):
-      net = lambda x, t: apply(params, x, t, images, train=True, keep=keep,
+      net = lambda x, t: apply(params, x, t, images, condition=condition,
+                               train=True, keep=keep,
                                rngs={"dropout": dropout_rng})
       per_example = losses.denoising_loss(
           net, schedule, images, loss_rng, prediction=prediction,
@@ -338,6 +372,51 @@ def make(config, variant=Variant()):
     x0 = samplers.get_sampler(sample_cfg.sampler)(
         model_fn(state.ema_params), schedule, rng, x_T, None,
         prediction=prediction, noise_fn=train_noise, **sample_kwargs)
+    return jnp.clip(x0, -1.0, 1.0)
+
+  def generate(state, rng, condition, guidance_scale=1.0, known=None):
+    """Samples given a condition, with classifier-free guidance.
+
+    Args:
+      state: the DDPM state (its EMA parameters are used).
+      rng: a PRNG key.
+      condition: a batch dict [n, ...] holding what `Variant.condition`
+        reads (lesion_ddpm: 'mask', and 'image' for the healthy context).
+      guidance_scale: s of u + s (c - u) (see the module docstring); a
+        Python number 1 or 0 makes one network call per step.
+      known: optional (x_known [n, H, W, 1], keep [n, H, W, 1] in {0, 1}):
+        RePaint-style inpainting ('ddpm' and 'ddim' samplers): the output
+        equals x_known exactly where keep = 1.
+
+    Returns:
+      [n, H, W, 1] images in [-1, 1].
+    """
+    if known is not None and sample_cfg.sampler not in ("ddpm", "ddim"):
+      raise ValueError(
+          f"config.sample.sampler={sample_cfg.sampler!r} cannot inpaint "
+          "(`known`); use 'ddpm' or 'ddim'.")
+    cond = variant.condition(condition, None)
+    n = jax.tree_util.tree_leaves(condition)[0].shape[0]
+    conditional = model_fn(state.ema_params, condition=cond)
+    unconditional = model_fn(state.ema_params)
+    static = isinstance(guidance_scale, (int, float))
+    if static and guidance_scale == 1:
+      net = conditional
+    elif static and guidance_scale == 0:
+      net = unconditional
+    else:
+      def net(x, t):
+        u = unconditional(x, t)
+        return u + guidance_scale * (conditional(x, t) - u)
+    kwargs = dict(sample_kwargs)
+    if known is not None:
+      kwargs["known"] = known
+    size = config.data.image_size
+    prior_rng, rng = jax.random.split(rng)
+    x_T = train_noise(prior_rng, (n, size, size, 1))
+    x0 = samplers.get_sampler(sample_cfg.sampler)(
+        net, schedule, rng, x_T, None, prediction=prediction,
+        noise_fn=train_noise, **kwargs)
     return jnp.clip(x0, -1.0, 1.0)
 
   anomaly = config.anomaly
@@ -399,4 +478,5 @@ def make(config, variant=Variant()):
           else None)
 
   return Method(init=init, train_step=train_step, sample=sample,
-                reconstruct=reconstruct, anomaly_score=hook)
+                reconstruct=reconstruct, anomaly_score=hook,
+                generate=generate if variant.condition is not None else None)
