@@ -6,6 +6,9 @@ train, sample, eval and detect all read a run through this module:
   WORKDIR/checkpoints/<step>/  orbax checkpoints (checkpoint_manager, save)
   WORKDIR/checkpoints/unreadable_<step>/  a checkpoint proven bad, set aside
 
+WORKDIR may be a local folder or any URL etils.epath supports (gs://bucket/
+run): config.json goes through `genjax.files`, checkpoints through orbax.
+
 Restoring tells a bad checkpoint from trouble reading a good one. Only a
 checkpoint that is provably bad (a missing or unparseable metadata file, a
 missing, truncated or undecodable array file) is set aside, and the one
@@ -19,7 +22,6 @@ run away. A checkpoint of another architecture is `CheckpointMismatchError`.
 import importlib
 import json
 import logging as std_logging
-import os
 
 from absl import logging
 from etils import epath
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from genjax import files
 from genjax import methods
 from genjax import parallel
 
@@ -153,11 +156,10 @@ def check_workdir_config(config, workdir):
   Raises:
     WorkdirMismatchError: listing the fields that differ.
   """
-  path = os.path.join(workdir, "config.json")
+  path = files.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  if files.exists(path):
+    saved = files.read_json(path)
     a, b = flatten_config(saved), flatten_config(current)
     # Fields the saved config lacks were added to genjax since: at their
     # defaults they keep the old behaviour, so only those set away from their
@@ -178,9 +180,7 @@ def check_workdir_config(config, workdir):
           f"{workdir} holds a run made with a different config:\n{lines}\n"
           "Use a new --workdir, or the same config to resume that run.")
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(current, f, indent=2)
+    files.write_json(path, current, indent=2)
 
 
 # --- Checkpoints --------------------------------------------------------------
@@ -198,8 +198,12 @@ def example_batch(config):
 
 
 def checkpoint_dir(workdir):
-  """WORKDIR/checkpoints, absolute (orbax needs absolute paths)."""
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """WORKDIR/checkpoints as an absolute epath.Path (orbax needs one).
+
+  A URL (gs://bucket/run) is kept as it is: orbax writes there through
+  epath and tensorstore's own GCS driver.
+  """
+  return files.absolute(workdir) / "checkpoints"
 
 
 def checkpoint_manager(config, workdir):

@@ -46,7 +46,6 @@ distribution the models learn; 'all': every slice):
 """
 
 import json
-import os
 import time
 
 from absl import logging
@@ -54,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax import files
 from genjax import parallel
 from genjax import train
 from genjax import viz
@@ -401,7 +401,7 @@ def evaluate(config, method, state, out_dir, *, mesh=None, command=None):
           real.kept.items[:n_fig],
           f"real ({config.data.eval_split}, {opts['reference']})", n_fig,
           upscale))
-    figures["samples"] = viz.save_png(os.path.join(out_dir, "samples.png"),
+    figures["samples"] = viz.save_png(files.join(out_dir, "samples.png"),
                                       viz.stack_vertically(rows))
   if pairs:
     inputs, recons = zip(*pairs)
@@ -412,17 +412,17 @@ def evaluate(config, method, state, out_dir, *, mesh=None, command=None):
             _figure_rows(diff, "|input - reconstruction| (black 0, white 2)",
                          n_fig, upscale)]
     figures["reconstructions"] = viz.save_png(
-        os.path.join(out_dir, "reconstructions.png"),
+        files.join(out_dir, "reconstructions.png"),
         viz.stack_vertically(rows))
-  metrics["figures"] = {k: os.path.relpath(v, out_dir)
+  metrics["figures"] = {k: files.relpath(v, out_dir)
                         for k, v in figures.items()}
-  metrics["figure_arrays"] = os.path.relpath(write_figure_arrays(
-      os.path.join(out_dir, "figures.npz"), fake.kept.items[:n_fig],
+  metrics["figure_arrays"] = files.relpath(write_figure_arrays(
+      files.join(out_dir, "figures.npz"), fake.kept.items[:n_fig],
       real.kept.items[:n_fig], pairs), out_dir)
   metrics["seconds"] = time.time() - t_start
   metrics["config"] = json.loads(config.to_json_best_effort())
-  report.write_json(os.path.join(out_dir, "metrics.json"), metrics)
-  write_eval_report(os.path.join(out_dir, "report.md"), metrics, command)
+  report.write_json(files.join(out_dir, "metrics.json"), metrics)
+  write_eval_report(files.join(out_dir, "report.md"), metrics, command)
   logging.info("Eval of %s: %s; wrote %s", config.method,
                {k: metrics[k] for k in ("fid", "fd_random_conv",
                                         "sharpness_samples",
@@ -441,8 +441,7 @@ def write_figure_arrays(path, samples, real, pairs):
   def stack(images):
     images = [np.asarray(x, np.float32) for x in images]
     return np.stack(images) if images else np.zeros((0, 0, 0, 1), np.float32)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez_compressed(path, samples=stack(samples), real=stack(real),
+  files.save_npz(path, samples=stack(samples), real=stack(real),
                       inputs=stack([a for a, _ in pairs]),
                       reconstructions=stack([b for _, b in pairs]))
   return path
@@ -521,14 +520,12 @@ def write_eval_report(path, metrics, command):
                          "reconstructions and the absolute difference")):
     if name in m["figures"]:
       lines += ["", f"![{name}]({m['figures'][name]})", "", caption + "."]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  files.write_text(path, "\n".join(lines) + "\n")
   return path
 
 
 def eval_mode(config, workdir):
   """`--mode=eval`: DIR/eval/{metrics.json, report.md, samples.png, ...}."""
   method, state = train.load_state(config, workdir)
-  return evaluate(config, method, state, os.path.join(workdir, "eval"),
+  return evaluate(config, method, state, files.join(workdir, "eval"),
                   command=report.reproduce_command(config, workdir, "eval"))

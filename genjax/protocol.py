@@ -20,10 +20,10 @@ Where the validation patients come from (`lesion_validation_source`):
 """
 
 import hashlib
-import os
 
 import numpy as np
 
+from genjax import files
 from genjax.metrics import detection
 
 
@@ -251,8 +251,7 @@ def write_subject_histograms(path, subject_hists, threshold, val_hists=None,
   subject_hists = {**subject_hists, **val_hists}
   some = subject_hists[names[0]] if names else None
   bins = some.bins if some else 0
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez_compressed(
+  files.save_npz(
       path, subjects=np.array(names, dtype=str),
       pos=np.array([subject_hists[n].pos for n in names],
                    np.int64).reshape(len(names), bins),
@@ -274,7 +273,7 @@ def load_subject_histograms(path):
     None), and val_subjects, val_pos, val_neg for the validation patients
     (a file from before the protocol has none).
   """
-  with np.load(path) as f:
+  with files.load_npz(path) as f:
     val = (f["validation"] if "validation" in f.files
            else np.zeros(len(f["subjects"]), bool))
     number = lambda k: (None if k not in f.files or np.isnan(float(f[k]))

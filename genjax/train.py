@@ -11,9 +11,8 @@ the batch of the restored step, so a run restarted from a checkpoint
 continues exactly as if it had never stopped.
 """
 
-import glob
-import os
 import signal
+import struct
 import threading
 import time
 
@@ -28,6 +27,7 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from genjax import checkpoints
+from genjax import files
 from genjax import methods
 from genjax import optim
 from genjax import parallel
@@ -35,6 +35,7 @@ from genjax import viz
 from genjax.data import augment
 from genjax.data import pipeline
 from genjax.data import smote
+from genjax.diffusion import samplers
 # The workdir, saved config and checkpoints live in genjax.checkpoints; these
 # names stay importable from here for the modes and scripts that use them.
 # pylint: disable=unused-import,g-multiple-import
@@ -119,14 +120,24 @@ def _mean_metrics(history, skip_nonfinite, first_step=0, reported=None):
   return means, None, None
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after every step.
+class Preempted(Exception):
+  """SIGTERM stopped sampling or detection between two chunks of work.
 
-  On several hosts the stop must happen at the same step everywhere, so there
-  orbax's coordinated `reached_preemption` decides instead of the local flag.
+  Nothing of the interrupted output was written; the same command redoes it.
   """
 
-  def __init__(self, manager):
+
+class Preemption:
+  """Turns SIGTERM into a flag checked between chunks of work.
+
+  Training checks it after every step (`reached`); sampling between chunks of
+  its steps and detection between batches (`stop_requested`). On several
+  hosts a training stop must happen at the same step everywhere, so there
+  orbax's coordinated `reached_preemption` decides instead of the local flag,
+  and sampling is not stopped part-way (every host must run it whole).
+  """
+
+  def __init__(self, manager=None):
     self.manager = manager
     self.requested = False
     self._previous = None
@@ -142,7 +153,9 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint after this step.")
+    what = ("saving a checkpoint after this step" if self.manager is not None
+            else "stopping after this chunk, writing nothing of it")
+    logging.warning("SIGTERM received: %s.", what)
     self.requested = True
 
   def reached(self, step):
@@ -150,15 +163,144 @@ class _Preemption:
       return bool(self.manager.reached_preemption(step))
     return self.requested
 
+  def stop_requested(self):
+    """Whether to stop between chunks (never part-way on several hosts)."""
+    return self.requested and jax.process_count() == 1
 
-def write_samples(method, state, rng, n, path, writer=None, step=None):
-  """Draws n samples, writes a PNG grid (and a TensorBoard image)."""
-  images = np.asarray(jax.device_get(method.sample(state, rng, n)))
+
+_Preemption = Preemption  # The name tests and older scripts use.
+
+
+# Seconds between two progress lines of sampling and detection.
+PROGRESS_EVERY_S = 30.0
+
+
+class Progress:
+  """Logs 'what: done/total unit (pct), elapsed, ETA' as work advances.
+
+  At most one line every `every_s` seconds, plus the first and the last.
+  The rate (and so the ETA) is measured from the first report on, so that
+  compilation before it does not count.
+  """
+
+  def __init__(self, what, unit="steps", total=None, every_s=None):
+    self.what, self.unit, self.total = what, unit, total
+    self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+    self._first = self._last = None
+
+  def __call__(self, done, total=None, final=False):
+    """Reports `done` (of `total`); `final` forces the line (the last)."""
+    total = self.total if total is None else total
+    now = time.time()
+    if self._first is None:
+      self._first = (now, done)
+    elif (now - self._last < self.every_s and not final
+          and not (total is not None and done >= total)):
+      return
+    self._last = now
+    t0, done0 = self._first
+    rate = (done - done0) / (now - t0) if now > t0 and done > done0 else None
+    if total:
+      line = f"{done}/{total} {self.unit} ({100.0 * done / total:.0f}%)"
+    else:
+      line = f"{done} {self.unit}"
+    line += f", {now - t0:.1f} s"
+    if rate:
+      line += f", {rate:.3g} {self.unit}/s"
+      if total and done < total:
+        line += f", ETA {(total - done) / rate:.0f} s"
+    logging.info("%s: %s", self.what, line)
+
+
+# Sampling steps between two progress reports / SIGTERM checks.
+SAMPLE_CHUNK_STEPS = 50
+
+
+def make_sample_fn(method, chunk_steps=SAMPLE_CHUNK_STEPS):
+  """jit(method.sample) whose sampler runs in chunks (`samplers.chunked`).
+
+  The chunks report progress and stop on SIGTERM through `draw_samples`;
+  without a stop the samples equal the unchunked sampler's exactly.
+  """
+  def sample(state, rng, n):
+    with samplers.chunked(chunk_steps):
+      return method.sample(state, rng, n)
+  return jax.jit(sample, static_argnums=2)
+
+
+def _in_thread(fn):
+  """fn() run in a worker thread while this one waits in Python.
+
+  A SIGTERM's Python handler runs only between bytecodes of the main
+  thread; blocked in a jitted call (which may run synchronously), the main
+  thread would set the stop flag only once the whole run is done. Waiting
+  here, it sets it at once, and the next chunk's callback reads it.
+  """
+  out = {}
+
+  def work():
+    try:
+      out["value"] = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      out["error"] = e
+  worker = threading.Thread(target=work, name="genjax-sampling", daemon=True)
+  worker.start()
+  while worker.is_alive():
+    worker.join(0.05)
+  if "error" in out:
+    raise out["error"]
+  return out["value"]
+
+
+def draw_samples(sample_fn, state, rng, n, preemption=None, what="Sampling"):
+  """sample_fn(state, rng, n) on the host, with progress and SIGTERM.
+
+  Args:
+    sample_fn: from `make_sample_fn` (any sample function works; one without
+      chunks reports nothing and is not stopped part-way).
+    state, rng, n: its arguments.
+    preemption: a `Preemption` (None: no stop).
+    what: the log lines' prefix.
+
+  Returns:
+    numpy [n, H, W, 1] samples.
+
+  Raises:
+    Preempted: SIGTERM arrived; the samples were abandoned.
+  """
+  progress = Progress(f"{what} {n} samples")
+  stopping = lambda: preemption is not None and preemption.stop_requested()
+
+  def on_chunk(done, total):
+    progress(done, total)
+    return stopping()
+
+  with samplers.monitor(on_chunk):
+    images = _in_thread(lambda: np.asarray(jax.device_get(
+        sample_fn(state, rng, n))))
+  if stopping():
+    raise Preempted(f"{what}: stopped by SIGTERM before the samples were "
+                    "complete; nothing was written.")
+  return images
+
+
+def write_samples(method, state, rng, n, path, writer=None, step=None,
+                  preemption=None):
+  """Draws n samples, writes a PNG grid (and a TensorBoard image).
+
+  `method.sample` should come from `make_sample_fn` for progress lines and a
+  clean stop on SIGTERM (`Preempted`, with nothing written).
+  """
+  images = draw_samples(method.sample, state, rng, n, preemption)
   tile = viz.image_grid(images, ncols=int(np.ceil(np.sqrt(n))), upscale=2)
   viz.save_png(path, tile)
   if writer is not None:
     writer.write_images(step, {"samples": tile[None, ..., None]})
   return images
+
+
+def _grid_path(workdir, step):
+  return files.join(workdir, "samples", f"step_{step:07d}.png")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -194,13 +336,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start_step >= num_steps:
     logging.info("Checkpoint at step %d >= num_steps=%d: nothing to train.",
                  start_step, num_steps)
+    if start_step == num_steps and not files.exists(
+        _grid_path(workdir, num_steps)):
+      # A SIGTERM stopped the last grid after the last checkpoint: redo it.
+      with Preemption(manager) as preemption:
+        try:
+          write_samples(method._replace(sample=make_sample_fn(method)), state,
+                        jax.random.fold_in(sample_rng, num_steps),
+                        config.train.num_samples,
+                        _grid_path(workdir, num_steps),
+                        preemption=preemption)
+        except Preempted as e:
+          logging.warning("%s", e)
     return state
 
   batches = pipeline.train_iterator(
       config.data, config.train.batch_size, seed=config.seed,
       start_step=start_step)
   train_step = _make_train_step(method, config, mesh)
-  sample_fn = jax.jit(method.sample, static_argnums=2)
+  sample_fn = make_sample_fn(method)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(
@@ -210,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   logging.info("Training %s from step %d to %d on %d device(s).",
                config.method, start_step, num_steps, mesh.devices.size)
-  with _Preemption(manager) as preemption:
+  with Preemption(manager) as preemption:
     state = _train_loop(config, workdir, mesh, method_for_samples, state,
                         start_step, batches, train_step, manager, writer,
                         progress, preemption, (step_rng, sample_rng))
@@ -260,23 +414,41 @@ def _train_loop(config, workdir, mesh, method, state, start_step, batches,
                       "again to resume.", done, manager.directory)
       return state
     if done % config.train.sample_every == 0 or is_last:
-      write_samples(method, state,
-                    jax.random.fold_in(sample_rng, done),
-                    config.train.num_samples,
-                    os.path.join(workdir, "samples", f"step_{done:07d}.png"),
-                    writer, done)
+      try:
+        write_samples(method, state, jax.random.fold_in(sample_rng, done),
+                      config.train.num_samples, _grid_path(workdir, done),
+                      writer, done, preemption)
+      except Preempted:
+        if manager.latest_step() != done:
+          checkpoints.save(manager, done, state)
+        manager.wait_until_finished()
+        logging.warning("Preempted while drawing the samples of step %d: "
+                        "saved step %d in %s, no grid; run the same command "
+                        "again to resume.", done, done, manager.directory)
+        return state
   logging.info("Trained %d steps in %.1f s.", num_steps - start_step,
                time.time() - t_start)
   return state
 
 
+def _tfrecords(data):
+  """The records of a TFRecord file's bytes (lengths read, CRCs skipped)."""
+  offset = 0
+  while offset + 12 <= len(data):
+    (length,) = struct.unpack("<Q", data[offset:offset + 8])
+    start = offset + 12
+    if start + length + 4 > len(data):
+      return  # A record still being written.
+    yield data[start:start + length]
+    offset = start + length + 4
+
+
 def read_scalars(workdir, tag):
   """Sorted (step, value) pairs of one scalar tag from the event files."""
   points = {}
-  pattern = os.path.join(workdir, "events.out.tfevents.*")
-  for path in sorted(glob.glob(pattern)):
-    for record in tf.data.TFRecordDataset(path):
-      event = event_pb2.Event.FromString(record.numpy())
+  for path in files.glob(workdir, "events.out.tfevents.*"):
+    for record in _tfrecords(files.read_bytes(path)):
+      event = event_pb2.Event.FromString(record)
       for value in event.summary.value:
         if value.tag == tag:
           points[event.step] = float(tf.make_ndarray(value.tensor))
@@ -284,15 +456,20 @@ def read_scalars(workdir, tag):
 
 
 def sample_mode(config, workdir):
-  """`--mode=sample`: DIR/sample/grid.png and DIR/sample/samples.npy."""
+  """`--mode=sample`: DIR/sample/grid.png and DIR/sample/samples.npy.
+
+  Progress is logged with an ETA; a SIGTERM stops between chunks of steps
+  with `Preempted` and writes nothing (the same command starts over).
+  """
   method, state = checkpoints.load_state(config, workdir)
-  out_dir = os.path.join(workdir, "sample")
+  out_dir = files.join(workdir, "sample")
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
-  sample_fn = jax.jit(method.sample, static_argnums=2)
-  images = write_samples(method._replace(sample=sample_fn), state, rng,
-                         config.sample.num_samples,
-                         os.path.join(out_dir, "grid.png"))
-  np.save(os.path.join(out_dir, "samples.npy"), images)
+  with Preemption() as preemption:
+    images = write_samples(method._replace(sample=make_sample_fn(method)),
+                           state, rng, config.sample.num_samples,
+                           files.join(out_dir, "grid.png"),
+                           preemption=preemption)
+  files.save_npy(files.join(out_dir, "samples.npy"), images)
   logging.info("Wrote %d samples to %s", len(images), out_dir)
   return images
 

@@ -4,11 +4,13 @@ Images are [N, H, W, 1] arrays in [-1, 1] (genjax's normalised intensities);
 masks are [N, H, W, 1] in {0, 1}.
 """
 
-import os
+import io
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+
+from genjax import files
 
 LESION_RGB = (255, 40, 40)
 PREDICTION_RGB = (40, 200, 255)
@@ -84,10 +86,17 @@ def image_grid(images, masks=None, ncols=8, upscale=1):
   return grid(overlay_outlines(gray, masks), ncols)
 
 
+def png_bytes(image):
+  """A uint8 [H, W] or [H, W, 3] array encoded as PNG."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
 def save_png(path, image):
-  """Writes a uint8 [H, W] or [H, W, 3] array as PNG, creating folders."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(np.asarray(image, np.uint8)).save(path)
+  """Writes a uint8 [H, W] or [H, W, 3] array as PNG (any epath path: a
+  local file or gs://...), creating folders; returns `path`."""
+  files.write_bytes(path, png_bytes(image))
   return path
 
 

@@ -14,11 +14,14 @@ Every problem raises `NiftiError`, whose message names the file, says what is
 wrong and what to do about it.
 """
 
+import gzip
 import os
 import zlib
 
 import nibabel as nib
 import numpy as np
+
+from genjax import files
 
 # Voxel-to-world affines of an image and its masks must agree to this many
 # millimetres; NIfTI stores qform quaternions in float32, so files written by
@@ -178,7 +181,8 @@ def save_volume(path, data, affine, xform_code="scanner"):
   image it was computed from.
 
   Args:
-    path: output file; `.nii.gz` compresses. Parent folders are created.
+    path: output file (local or any epath URL); `.nii.gz` compresses.
+      Parent folders are created.
     data: [X, Y, Z] array; bool is stored as uint8, float64 as float32, other
       dtypes as given.
     affine: [4, 4] voxel-to-RAS-mm affine (e.g. from `load_volume`).
@@ -201,7 +205,9 @@ def save_volume(path, data, affine, xform_code="scanner"):
   img.set_qform(affine, code=xform_code)
   img.set_sform(affine, code=xform_code)
   img.header.set_xyzt_units(xyz="mm")
-  folder = os.path.dirname(os.fspath(path))
-  if folder:
-    os.makedirs(folder, exist_ok=True)
-  nib.save(img, os.fspath(path))
+  # Encoded in memory and written through epath, so `path` may be a local
+  # file or a URL (gs://...) like every other output under a workdir.
+  raw = img.to_bytes()
+  if os.fspath(path).endswith(".gz"):
+    raw = gzip.compress(raw, compresslevel=6)
+  files.write_bytes(path, raw)

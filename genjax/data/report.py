@@ -11,14 +11,12 @@ up the background. The report warns when a split's mean coverage exceeds
 MAX_MEAN_BRAIN_COVERAGE.
 """
 
-import json
-import os
-
 from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from genjax import files
 from genjax import viz
 from genjax.data import builders
 from genjax.data import pipeline
@@ -126,8 +124,7 @@ def write_preview(data_config, splits, path):
 def write_data_report(config, workdir):
   """Builds the dataset if needed; writes stats.json and preview.png."""
   data_config = config.data
-  out_dir = os.path.join(workdir, "data")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = files.join(workdir, "data")
   builders.prepare(data_config)
   builder = builders.get_builder(data_config)
   splits = [s for s in ("train", "train_mixed", "validation", "test")
@@ -156,12 +153,11 @@ def write_data_report(config, workdir):
     if warning:
       logging.warning("%s", warning)
       stats["warnings"].append(warning)
-  stats_path = os.path.join(out_dir, "stats.json")
-  with open(stats_path, "w") as f:
-    json.dump(stats, f, indent=2, default=_json_default)
+  stats_path = files.write_json(files.join(out_dir, "stats.json"), stats,
+                                indent=2, default=_json_default)
   preview_path = write_preview(
       data_config, [s for s in (data_config.train_split, data_config.eval_split)
-                    if s in splits], os.path.join(out_dir, "preview.png"))
+                    if s in splits], files.join(out_dir, "preview.png"))
   logging.info("Wrote %s and %s", stats_path, preview_path)
   for split, s in stats["splits"].items():
     logging.info("%s: %s", split, s)

@@ -7,16 +7,17 @@ knows a method's name.
 
 import heapq
 import json
-import os
 import time
 
 from absl import logging
 import jax
 import numpy as np
 
+from genjax import files
 from genjax import parallel
 from genjax import protocol
 from genjax import train
+from genjax.data import builders
 from genjax.detect import batches as batches_lib
 from genjax.detect import histograms as hists_lib
 from genjax.detect import maps
@@ -120,14 +121,41 @@ class Timer:
     return self.seconds / self.slices if self.slices else None
 
 
+def _stored_slices(data_config, split):
+  """Slices stored in `split` (before the filters), or None if unknown."""
+  try:
+    info = builders.get_builder(data_config).info
+    return int(info.splits[split].num_examples)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def scored_batches(config, score_fn, state, split, rng, mesh, keep=None,
-                   timer=None):
+                   timer=None, stop=None, what=None):
   """Yields (host batch, host outputs) over `split` (the subjects for which
-  keep(subject) holds; default all), numpy. Batch i uses fold_in(rng, i)."""
+  keep(subject) holds; default all), numpy. Batch i uses fold_in(rng, i).
+
+  With `what`, progress is logged (slices done of those stored, an ETA);
+  with `stop` (a `train.Preemption`), a SIGTERM ends the pass between two
+  batches with `train.Preempted`.
+  """
   batches = batches_lib.eval_batches(config, split)
   if keep is not None:
     batches = protocol.select_subjects(batches, keep)
+  progress = done = None
+  if what is not None:
+    # The stored count bounds what the filters keep (the ETA is an upper
+    # bound); a subset of subjects has no count to compare with.
+    progress = train.Progress(
+        what, "slices",
+        total=None if keep is not None else _stored_slices(config.data, split))
+    done = 0
   for i, batch in enumerate(batches):
+    if stop is not None and stop.stop_requested():
+      raise train.Preempted(
+          f"Scoring split {split!r} stopped by SIGTERM after {i} batches; "
+          "metrics.json and report.md were not written; run the same "
+          "command again to redo the detection.")
     images, brain = batches_lib.batch_to_device(batch, mesh,
                                                 config.eval.batch_size)
     t0 = time.perf_counter()
@@ -145,10 +173,16 @@ def scored_batches(config, score_fn, state, split, rng, mesh, keep=None,
           f"Non-finite anomaly scores in batch {i} of split {split!r}: the "
           f"{config.method} reconstruction produced NaN/inf. Check the "
           "checkpoint (did training diverge?) and config.anomaly.")
+    if progress is not None:
+      done += int(valid.sum())
+      progress(done)
     yield batch, out
+  if progress is not None:
+    progress(done, final=True)
 
 
-def healthy_threshold(config, score_fn, state, rng, mesh, opts, timer=None):
+def healthy_threshold(config, score_fn, state, rng, mesh, opts, timer=None,
+                      stop=None):
   """The threshold from the healthy slices of config.data.val_split.
 
   Returns:
@@ -164,8 +198,9 @@ def healthy_threshold(config, score_fn, state, rng, mesh, opts, timer=None):
         "per-subject Dice are not computed.")}
   hist = hists_lib.new_histogram(opts)
   n_slices, subject_hists = 0, {}
-  for batch, out in scored_batches(config, score_fn, state, split, rng, mesh,
-                                   timer=timer):
+  for batch, out in scored_batches(
+      config, score_fn, state, split, rng, mesh, timer=timer, stop=stop,
+      what=f"Detection, healthy threshold on {split!r}"):
     hists_lib.update_subject_hists(subject_hists, batch, out["residual"],
                                    opts)
     use = np.asarray(batch["valid"], bool) & (batch["label"] == 0)
@@ -207,18 +242,34 @@ def _mean_std(values, have=True):
 def detect(config, method, state, out_dir, *, mesh=None, command=None):
   """Runs the detector on config.data.eval_split and writes its outputs.
 
+  Progress is logged per pass with an ETA. A SIGTERM stops between two
+  batches with `train.Preempted`: metrics.json, report.md, the figure and
+  the histograms are written only at the end, so none is written; maps of
+  the subjects finished so far may be (each file whole). The same command
+  redoes the whole detection.
+
   Args:
     config: the run's config.
     method: a `genjax.methods.Method` (only `reconstruct` and the optional
       `anomaly_score` hook are used).
     state: its state (must have `step`).
-    out_dir: where metrics.json, report.md, examples.png and maps/ go.
+    out_dir: where metrics.json, report.md, examples.png and maps/ go (a
+      local folder or any epath URL, e.g. gs://bucket/run/detect).
     mesh: device mesh (default: all devices).
     command: the command line shown in report.md.
 
   Returns:
     The metrics dict written to metrics.json.
+
+  Raises:
+    train.Preempted: SIGTERM arrived.
   """
+  with train.Preemption() as stop:
+    return _detect(config, method, state, out_dir, mesh, command, stop)
+
+
+def _detect(config, method, state, out_dir, mesh, command, stop):
+  """`detect` with SIGTERM turned into `stop`."""
   batches_lib.check_single_host()
   t_start = time.time()
   opts = anomaly_options(config)
@@ -229,7 +280,7 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
   timer = Timer()
 
   chosen = healthy_threshold(config, score_fn, state, val_rng, mesh, opts,
-                             timer)
+                             timer, stop)
   val_hists = chosen.pop("_patients")
   split, fraction = config.data.eval_split, opts["patient_val_fraction"]
   # The lesion validation set (genjax.protocol), scored before the test.
@@ -241,7 +292,8 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
   if held_out:
     for batch, out in scored_batches(
         config, score_fn, state, split, jax.random.fold_in(val_rng, 1), mesh,
-        keep=held_out.__contains__, timer=timer):
+        keep=held_out.__contains__, timer=timer, stop=stop,
+        what=f"Detection, validation patients of {split!r}"):
       hists_lib.update_subject_hists(val_hists, batch, out["residual"], opts)
   val = protocol.validation_threshold(val_hists)
   hist = hists_lib.new_histogram(opts)
@@ -254,7 +306,7 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
              else hist.bins)
   min_component = opts["min_component"]
   geometry = maps.volume_geometry(config.data, split)
-  writer = (maps.MapWriter(os.path.join(out_dir, "maps"), geometry, split)
+  writer = (maps.MapWriter(files.join(out_dir, "maps"), geometry, split)
             if opts["write_maps"] else None)
   collector = lesions.VolumeCollector(
       maps.voxel_ml_fn(geometry, config.data.image_size))
@@ -266,7 +318,8 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
 
   for batch, out in scored_batches(
       config, score_fn, state, split, test_rng, mesh,
-      keep=(lambda s: s not in held_out) if held_out else None, timer=timer):
+      keep=(lambda s: s not in held_out) if held_out else None, timer=timer,
+      stop=stop, what=f"Detection on {split!r}"):
     valid = np.asarray(batch["valid"], bool)
     residual = out["residual"][..., 0]
     brain = batch["brain"][..., 0] > 0.5
@@ -378,7 +431,7 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
       "network_calls_counted": calls_how,
       "seconds_per_slice": timer.per_slice(),
       "options": opts,
-      "maps": sorted(os.path.relpath(p, out_dir) for p in map_paths),
+      "maps": sorted(files.relpath(p, out_dir) for p in map_paths),
   }
   if min_component:
     metrics["postprocess_status"] = (
@@ -403,19 +456,19 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
     rows = [item for _, item in sorted(figure_heap, key=lambda e: e[0],
                                        reverse=True)]
     shown = threshold_best if shown is None else shown
-    metrics["figure"] = os.path.relpath(report.detection_figure(
-        rows, shown, os.path.join(out_dir, "examples.png")), out_dir)
+    metrics["figure"] = files.relpath(report.detection_figure(
+        rows, shown, files.join(out_dir, "examples.png")), out_dir)
     metrics["figure_slices"] = [f"{r['subject']}:{r['slice']}" for r in rows]
-    metrics["examples"] = os.path.relpath(report.write_examples(
-        os.path.join(out_dir, "examples.npz"), rows), out_dir)
-  metrics["subject_histograms"] = os.path.relpath(
+    metrics["examples"] = files.relpath(report.write_examples(
+        files.join(out_dir, "examples.npz"), rows), out_dir)
+  metrics["subject_histograms"] = files.relpath(
       protocol.write_subject_histograms(
-          os.path.join(out_dir, "subject_histograms.npz"), subject_hists,
+          files.join(out_dir, "subject_histograms.npz"), subject_hists,
           chosen["threshold"], val_hists, val["threshold_val"]), out_dir)
   metrics["seconds"] = time.time() - t_start
   metrics["config"] = json.loads(config.to_json_best_effort())
-  report.write_json(os.path.join(out_dir, "metrics.json"), metrics)
-  report.write_detect_report(os.path.join(out_dir, "report.md"), metrics,
+  report.write_json(files.join(out_dir, "metrics.json"), metrics)
+  report.write_detect_report(files.join(out_dir, "report.md"), metrics,
                              command)
   logging.info("Detection on %s: AUROC %s, AUPRC %s, Dice@threshold %s, "
                "best Dice %s. Wrote %s", split, metrics["auroc"],
@@ -427,5 +480,5 @@ def detect(config, method, state, out_dir, *, mesh=None, command=None):
 def detect_mode(config, workdir):
   """`--mode=detect`: DIR/detect/{metrics.json,report.md,examples.png,maps}."""
   method, state = train.load_state(config, workdir)
-  return detect(config, method, state, os.path.join(workdir, "detect"),
+  return detect(config, method, state, files.join(workdir, "detect"),
                 command=report.reproduce_command(config, workdir, "detect"))

@@ -9,13 +9,12 @@ ITK-SNAP or 3D Slicer. Datasets without an affine (all zeros) get a .npy stack
 and a PNG per slice instead.
 """
 
-import os
-
 from absl import logging
 import matplotlib
 import numpy as np
 import tensorflow as tf
 
+from genjax import files
 from genjax import viz
 from genjax.data import builders
 from genjax.data import nifti
@@ -105,7 +104,7 @@ def write_subject_maps(out_dir, subject, geometry, slices, write_png=True):
   different stored shapes are kept on the model grid [N, S, S] instead.
 
   Args:
-    out_dir: folder of the maps.
+    out_dir: folder of the maps (local or an epath URL).
     subject: subject id (used in the file names).
     geometry: this subject's entry of `volume_geometry`.
     slices: {k: (residual [S, S], prediction [S, S] bool)} on the model grid.
@@ -116,7 +115,6 @@ def write_subject_maps(out_dir, subject, geometry, slices, write_png=True):
   """
   affine, shapes = geometry["affine"], geometry["shapes"]
   safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in subject)
-  os.makedirs(out_dir, exist_ok=True)
   if not np.any(affine):
     ks = sorted(slices)
     if len({shapes[k] for k in ks}) == 1:
@@ -126,16 +124,16 @@ def write_subject_maps(out_dir, subject, geometry, slices, write_png=True):
                       "stay on the model grid.", subject)
       stack = [slices[k][0] for k in ks]
     stack = np.stack(stack).astype(np.float32)
-    paths = [os.path.join(out_dir, f"{safe}_anomaly.npy"),
-             os.path.join(out_dir, f"{safe}_slices.npy")]
-    np.save(paths[0], stack)
-    np.save(paths[1], np.asarray(ks))
+    paths = [files.save_npy(files.join(out_dir, f"{safe}_anomaly.npy"),
+                            stack),
+             files.save_npy(files.join(out_dir, f"{safe}_slices.npy"),
+                            np.asarray(ks))]
     if write_png:
       # One PNG per slice, named by its index, on the subject's common scale.
       top = max(float(stack.max()), 1e-6)
       for k, residual in zip(ks, stack):
         paths.append(viz.save_png(
-            os.path.join(out_dir, f"{safe}_slice{k:04d}_anomaly.png"),
+            files.join(out_dir, f"{safe}_slice{k:04d}_anomaly.png"),
             colorize(residual[None] / top)[0]))
     return paths
   # A volume's slices share one in-plane shape.
@@ -149,8 +147,8 @@ def write_subject_maps(out_dir, subject, geometry, slices, write_png=True):
     prediction[:, :, k] = slice_to_volume_plane(
         to_stored_grid(predicted.astype(np.float32), height, width,
                        "nearest") > 0.5)
-  paths = [os.path.join(out_dir, f"{safe}_anomaly.nii.gz"),
-           os.path.join(out_dir, f"{safe}_prediction.nii.gz")]
+  paths = [files.join(out_dir, f"{safe}_anomaly.nii.gz"),
+           files.join(out_dir, f"{safe}_prediction.nii.gz")]
   nifti.save_volume(paths[0], anomaly, affine)
   nifti.save_volume(paths[1], prediction, affine)
   return paths

@@ -6,11 +6,11 @@
 
 import importlib
 import json
-import os
 import shlex
 
 import numpy as np
 
+from genjax import files
 from genjax import protocol
 from genjax import train
 from genjax import viz
@@ -63,7 +63,7 @@ def write_examples(path, rows):
   arrays = {k: np.stack([np.asarray(r[k], np.float32) for r in rows])
             for k in ("image", "mask", "brain", "reconstruction",
                       "residual")}
-  np.savez_compressed(
+  files.save_npz(
       path, subject=np.array([r["subject"] for r in rows], dtype=str),
       slice=np.array([r["slice"] for r in rows], np.int64), **arrays)
   return path
@@ -85,9 +85,8 @@ def _finite(value):
 
 
 def write_json(path, data):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(_finite(data), f, indent=2, sort_keys=False)
+  """Writes `data` (non-finite floats as null) as JSON through epath."""
+  files.write_json(path, _finite(data), indent=2, sort_keys=False)
   return path
 
 
@@ -221,7 +220,5 @@ def write_detect_report(path, metrics, command):
               "so no NIfTI")
     lines += ["", f"Anomaly maps: {len(m['maps'])} files in `maps/` "
               f"({kind})."]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  files.write_text(path, "\n".join(lines) + "\n")
   return path

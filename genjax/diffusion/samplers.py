@@ -51,10 +51,12 @@ s = 1/T (index 0), then take the denoised x0 prediction (Tweedie) there, as
 DDPM's and DDIM's last steps do.
 """
 
+import contextlib
 import operator
 from typing import Callable
 
 import jax
+from jax.experimental import io_callback
 import jax.numpy as jnp
 import numpy as np
 
@@ -178,11 +180,116 @@ def _with_known(step_fn, schedule, known, noise_fn):
   return step
 
 
+# --- Long runs: chunks, progress and stopping ----------------------------------
+#
+# A sampler is one `lax.scan`: once launched, a 1000-step run cannot report
+# progress or be stopped. Traced inside `chunked(k)`, every sampler's scan is
+# instead an outer scan over chunks of at most k steps (the largest divisor of
+# the step count not above k, so the step body is compiled once), with a host
+# callback after each chunk. The callback reports (steps done, steps in all)
+# to the function installed by `monitor` at run time and returns whether to
+# stop; once it says stop, the remaining chunks are skipped (a `lax.cond`) and
+# the caller, which asked for the stop, discards the result. Without a stop
+# the chunked run computes exactly the same steps in the same order: its
+# output is bit-identical to the plain scan's.
+
+_CHUNK_STEPS = None  # Set (trace time) by `chunked`.
+_MONITOR = None  # Set (run time) by `monitor`.
+
+
+@contextlib.contextmanager
+def chunked(chunk_steps: int):
+  """Samplers traced inside split their scan into chunks (see above).
+
+  Use it inside the function that is jitted, so that the jitted program is
+  always traced with it, e.g.
+
+    def sample(state, rng):
+      with samplers.chunked(50):
+        return method.sample(state, rng, n)
+    sample = jax.jit(sample)
+
+  Args:
+    chunk_steps: the most steps of a chunk (>= 1).
+  """
+  global _CHUNK_STEPS
+  chunk_steps = operator.index(chunk_steps)
+  if chunk_steps < 1:
+    raise ValueError(f'chunk_steps={chunk_steps} must be >= 1.')
+  previous, _CHUNK_STEPS = _CHUNK_STEPS, chunk_steps
+  try:
+    yield
+  finally:
+    _CHUNK_STEPS = previous
+
+
+@contextlib.contextmanager
+def monitor(on_chunk: Callable[[int, int], bool]):
+  """Calls on_chunk(steps done, steps in all) after each chunk of a chunked
+  sampler run inside; on_chunk returns True to skip the remaining chunks.
+
+  Block on the result (e.g. `jax.device_get`) inside the `with`, so every
+  chunk reports while it is installed. Outside any monitor chunks report
+  nowhere and never stop.
+  """
+  global _MONITOR
+  previous, _MONITOR = _MONITOR, on_chunk
+  try:
+    yield
+  finally:
+    _MONITOR = previous
+
+
+def _chunk_done(done, total, _):
+  """Host side of a chunk's callback: asks the monitor whether to stop."""
+  stop = False
+  if _MONITOR is not None:
+    stop = bool(_MONITOR(int(done), int(total)))
+  return np.bool_(stop)
+
+
+def chunk_size(num_steps: int, chunk_steps: int) -> int:
+  """The largest divisor of num_steps that is at most chunk_steps."""
+  for k in range(min(chunk_steps, num_steps), 0, -1):
+    if num_steps % k == 0:
+      return k
+  return 1
+
+
+def _scan(step_fn, x, xs):
+  """`lax.scan(step_fn, x, xs)`'s final carry, chunked inside `chunked`."""
+  n = jax.tree.leaves(xs)[0].shape[0]
+  if _CHUNK_STEPS is None or n == 0:
+    return jax.lax.scan(step_fn, x, xs)[0]
+  k = chunk_size(n, _CHUNK_STEPS)
+  chunks = jax.tree.map(lambda a: a.reshape((n // k, k) + a.shape[1:]), xs)
+
+  def run(x, i, chunk):
+    x = jax.lax.scan(step_fn, x, chunk)[0]
+    # The callback reads a value of x, so it runs after the chunk, and the
+    # next chunk waits for its answer.
+    stop = io_callback(_chunk_done, jax.ShapeDtypeStruct((), jnp.bool_),
+                       (i + 1) * k, n, jnp.ravel(x)[0])
+    return x, stop
+
+  def skip(x, i, chunk):
+    del i, chunk
+    return x, jnp.ones((), jnp.bool_)
+
+  def outer(carry, inp):
+    x, stop = carry
+    return jax.lax.cond(stop, skip, run, x, *inp), None
+
+  (x, _), _ = jax.lax.scan(
+      outer, (x, jnp.zeros((), jnp.bool_)),
+      (jnp.arange(n // k, dtype=jnp.int32), chunks))
+  return x
+
+
 def _discrete_loop(step_fn, x_start: Array, ts: np.ndarray, rng: jax.Array) -> Array:
   t_prev = np.append(ts[1:], -1).astype(np.int32)
   keys = jax.random.split(rng, len(ts))
-  x, _ = jax.lax.scan(step_fn, x_start, (jnp.asarray(ts), jnp.asarray(t_prev), keys))
-  return x
+  return _scan(step_fn, x_start, (jnp.asarray(ts), jnp.asarray(t_prev), keys))
 
 
 def _predict(model_fn, schedule, x, t, t_prev, prediction, clip_x0):
@@ -423,7 +530,7 @@ def pc_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_start
     return predict(rsde, x, s, s - s_next, p_key, noise_fn), None
 
   keys = jax.random.split(rng, len(grid) - 1)
-  x, _ = jax.lax.scan(step, x_start, (jnp.asarray(grid[:-1]), jnp.asarray(grid[1:]), keys))
+  x = _scan(step, x_start, (jnp.asarray(grid[:-1]), jnp.asarray(grid[1:]), keys))
   x0, _ = sde_lib.model_x0_eps(model_fn, sde, prediction, x, grid[-1], clip_x0)
   return x0
 
@@ -478,7 +585,7 @@ def ode_sample(model_fn: ModelFn, schedule: sch.Schedule, rng: jax.Array, x_star
     k4 = f(x + h * k3, s_next)
     return x + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4), None
 
-  x, _ = jax.lax.scan(step, x_start, (jnp.asarray(grid[:-1]), jnp.asarray(grid[1:])))
+  x = _scan(step, x_start, (jnp.asarray(grid[:-1]), jnp.asarray(grid[1:])))
   x0, _ = sde_lib.model_x0_eps(model_fn, sde, prediction, x, grid[-1], clip_x0)
   return x0
 
