@@ -107,9 +107,24 @@ def test_network_calls_match_the_calls_made(sampler, t_start, options):
                                               **options)
 
 
+def _small_config():
+  """`:smoke` with the smallest UNet: one level, one residual block, 4
+  channels (the middle block keeps its attention).
+
+  The ensemble test compares the DDPM detector with itself (an ensemble
+  against its single-t calls), which holds for any network; a smaller one
+  only compiles faster (4 compilations: init, the ensemble, two levels).
+  """
+  config = ddpm_config.get_config("smoke")
+  config.model.update(dict(base_channels=4, channel_mult=(1,),
+                           num_res_blocks=1, attention_resolutions=(),
+                           num_groups=1, head_channels=4))
+  return config
+
+
 @pytest.fixture(scope="module")
 def ddpm_state():
-  config = ddpm_config.get_config("smoke")
+  config = _small_config()
   s = config.data.image_size
   batch = {"image": jnp.zeros((2, s, s, 1))}
   method = methods.get(config)
@@ -122,7 +137,7 @@ def ddpm_state():
 
 
 def _detector(state, images, brain, **anomaly_fields):
-  config = ddpm_config.get_config("smoke")
+  config = _small_config()
   config.anomaly.update(dict(median_filter=1, num_reconstructions=2,
                              **anomaly_fields))
   method = methods.get(config)
