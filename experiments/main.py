@@ -7,6 +7,12 @@ r"""genjax's one entry point: `--config`, `--workdir`, `--mode`.
 Modes: data (dataset preview and statistics), train (default), sample, eval,
 detect. Every config field can be overridden with `--config.FIELD=VALUE`; a
 field that does not exist is rejected before anything runs.
+
+One job over several processes (hosts): `--distributed` detects the job from
+the environment (TPU pods, SLURM, Open MPI); `--coordinator_address`,
+`--num_processes` and `--process_id` give it by hand (launch.sh
+local-multiprocess runs N processes on one machine that way). Every run logs
+one line on its devices: backend, device kind and count, process index/count.
 """
 
 import sys
@@ -18,6 +24,7 @@ from ml_collections import config_flags
 
 from genjax import config as config_lib
 from genjax import modes
+from genjax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/ddpm.py:cpu.", lock_config=True)
@@ -28,7 +35,20 @@ _MODE = flags.DEFINE_enum(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Call jax.distributed.initialize() first (multi-host: TPU pods, SLURM); "
-    "launch.sh sets it.")
+    "launch.sh sets it. The job is detected from the environment unless "
+    "--coordinator_address, --num_processes and --process_id say it.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0's coordinator (implies --distributed), e.g. "
+    "localhost:12355; launch.sh local-multiprocess sets it.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None,
+    "Number of processes of the job (with --coordinator_address).",
+    lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None,
+    "This process's index in [0, --num_processes) (with "
+    "--coordinator_address).", lower_bound=0)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -51,9 +71,14 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if _DISTRIBUTED.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _DISTRIBUTED.value or any(v is not None for v in explicit):
+    try:
+      parallel.initialize_distributed(*explicit)
+    except ValueError as e:
+      sys.exit(f"Flag error: {e}")
+  # Before the config checks: their errors often name the device count.
+  logging.info("Devices: %s", parallel.device_report())
   config = _CONFIG.value
   try:
     config_lib.validate(config)

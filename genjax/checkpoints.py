@@ -157,6 +157,7 @@ def check_workdir_config(config, workdir):
     WorkdirMismatchError: listing the fields that differ.
   """
   path = files.join(workdir, "config.json")
+  saved = None
   current = json.loads(config.to_json_best_effort())
   if files.exists(path):
     saved = files.read_json(path)
@@ -179,7 +180,9 @@ def check_workdir_config(config, workdir):
       raise WorkdirMismatchError(
           f"{workdir} holds a run made with a different config:\n{lines}\n"
           "Use a new --workdir, or the same config to resume that run.")
-  if jax.process_index() == 0:
+  # Rewritten only when it changes (a resume with new resumable fields): on
+  # a resume of a multi-process run the other processes read it meanwhile.
+  if jax.process_index() == 0 and (saved is None or saved != current):
     files.write_json(path, current, indent=2)
 
 

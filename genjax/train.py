@@ -293,7 +293,10 @@ def write_samples(method, state, rng, n, path, writer=None, step=None,
   """
   images = draw_samples(method.sample, state, rng, n, preemption)
   tile = viz.image_grid(images, ncols=int(np.ceil(np.sqrt(n))), upscale=2)
-  viz.save_png(path, tile)
+  # Every process samples (the sampler is one sharded program); only
+  # process 0 writes, as with the events and config.json.
+  if jax.process_index() == 0:
+    viz.save_png(path, tile)
   if writer is not None:
     writer.write_images(step, {"samples": tile[None, ..., None]})
   return images
