@@ -438,7 +438,7 @@ def main(argv):
     synthesize(f.config, f.workdir, f.mode, masks=f.masks,
                masks_from=f.masks_from, images=f.images, guidance=f.guidance,
                num=f.num, out=f.out)
-  except (SynthesisError, FileNotFoundError) as e:
+  except (SynthesisError, FileNotFoundError, ValueError) as e:
     sys.exit(f"Error: {e}")
 
 

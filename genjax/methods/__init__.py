@@ -52,6 +52,7 @@ _METHODS = {
     "floor": "genjax.methods.floor",
     "gan": "genjax.methods.gan",
     "lesion_ddpm": "genjax.methods.lesion_ddpm",
+    "lesion_vae": "genjax.methods.lesion_vae",
     "pddpm": "genjax.methods.pddpm",
     "vae": "genjax.methods.vae",
 }

@@ -53,10 +53,19 @@ drawn (config.sample.prior) from
                draws from q(z) decode to brains.
 
 Both are clipped to [-1, 1].
+
+A conditional VAE (genjax.methods.lesion_vae) passes `make` a
+`Conditioning`: condition channels that the encoder sees beside x and the
+decoder at every scale (genjax.nn.vae). The objective is the same ELBO, now
+of p(x | z, c) with q(z | x, c); `sample` and `reconstruct` decode under the
+hook's default condition, and the Method gains `generate`: prior (or
+aggregate) latents decoded under a given condition, guidance scale 1 only (a
+VAE has no score to guide), `known` = (x, keep) compositing x where keep = 1.
+Without a Conditioning everything above is unchanged.
 """
 
 import math
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -80,6 +89,21 @@ MIN_SCALE = 1e-3
 
 
 PRIORS = ("standard", "aggregate")
+
+
+class Conditioning(NamedTuple):
+  """What makes the VAE conditional (genjax.methods.lesion_vae).
+
+  of_batch   of_batch(batch, rng) -> [B, H, W, C] float32 condition
+             channels of a batch dict: the training batch's, with the
+             hook's own condition dropout drawn from `rng`; rng None (init,
+             `generate`'s condition batch): nothing dropped.
+  default    default(n) -> [n, H, W, C]: the condition under which `sample`
+             draws and `reconstruct` decodes (lesion_vae: an empty lesion
+             mask and no context, i.e. a healthy slice).
+  """
+  of_batch: Callable[..., Any]
+  default: Callable[[int], Any]
 
 
 @flax.struct.dataclass
@@ -383,19 +407,22 @@ def _get(config, field):
   return config
 
 
-def make_loss(config):
+def make_loss(config, conditioning=None):
   """The training objective of `config` as a function of the parameters.
 
   Args:
     config: the full config (model, vae, data sections).
+    conditioning: optional `Conditioning` (a conditional VAE).
 
   Returns:
     loss(params, batch, rng, step) -> (scalar loss, dict of scalar terms),
-    pure; `rng` draws z, `step` drives the KL warm-up. `make`'s train_step
-    differentiates it; it is public so that ablations and tests can
-    evaluate the objective of several configs on one batch.
+    pure; `rng` draws z (with a conditioning, z_rng, condition_rng =
+    jax.random.split(rng): z and the condition dropout), `step` drives the
+    KL warm-up. `make`'s train_step differentiates it; it is public so that
+    ablations and tests can evaluate the objective of several configs on one
+    batch.
   """
-  loss_and_moments = _make_loss(config)
+  loss_and_moments = _make_loss(config, conditioning)
 
   def loss(params, batch, rng, step):
     value, (terms, _) = loss_and_moments(params, batch, rng, step)
@@ -404,7 +431,7 @@ def make_loss(config):
   return loss
 
 
-def _make_loss(config):
+def _make_loss(config, conditioning=None):
   """`make_loss`, whose aux also holds the batch's `posterior_moments`."""
   check_config(config)
   full_covariance = config.model.latent == "dense"
@@ -423,7 +450,12 @@ def _make_loss(config):
 
   def loss(params, batch, rng, step):
     x = batch["image"]
-    x_hat, mu, logvar = model.apply({"params": params["vae"]}, x, rng)
+    condition = None
+    if conditioning is not None:
+      rng, condition_rng = jax.random.split(rng)
+      condition = conditioning.of_batch(batch, condition_rng)
+    x_hat, mu, logvar = model.apply({"params": params["vae"]}, x, rng,
+                                    condition)
     value, terms = objective(x, x_hat, mu, logvar, vae_cfg, step=step,
                              mask=batch.get("mask"),
                              log_scale=log_scale_of(params),
@@ -435,9 +467,18 @@ def _make_loss(config):
   return loss
 
 
-def make(config):
-  """The VAE as a `Method` (see genjax.methods)."""
-  loss_fn = _make_loss(config)
+def make(config, conditioning=None):
+  """The VAE as a `Method` (see genjax.methods).
+
+  Args:
+    config: the full config.
+    conditioning: optional `Conditioning`: a conditional VAE, whose Method
+      also has `generate` (see the module docstring).
+
+  Returns:
+    The Method.
+  """
+  loss_fn = _make_loss(config, conditioning)
   model = make_model(config)
   tx = optim.make_optimizer(config.optim)
   vae_cfg = config.vae
@@ -455,8 +496,10 @@ def make(config):
 
   def init(rng, batch):
     model_rng, z_rng = jax.random.split(rng)
+    condition = (None if conditioning is None
+                 else conditioning.of_batch(batch, None))
     params = {"vae": model.init({"params": model_rng}, batch["image"],
-                                z_rng)["params"]}
+                                z_rng, condition)["params"]}
     if learn_scale:
       params["log_scale"] = jnp.float32(math.log(vae_cfg.scale))
     return State(step=jnp.zeros((), jnp.int32), params=params,
@@ -481,25 +524,71 @@ def make(config):
     return State(step=state.step + 1, params=params, opt_state=opt_state,
                  posterior=posterior), metrics
 
-  def decode(params, z):
-    return model.apply({"params": params["vae"]}, z, method=vae_nn.VAE.decode)
+  def decode(params, z, condition=None):
+    return model.apply({"params": params["vae"]}, z, condition,
+                       method=vae_nn.VAE.decode)
 
-  def sample(state, rng, n):
+  def default_condition(n):
+    return None if conditioning is None else conditioning.default(n)
+
+  def draw(state, rng, n, condition):
     if prior == "aggregate":
       z = sample_aggregate(rng, state.posterior, n, temperature)
       z = z.reshape(n, *z_shape)
     else:
       z = temperature * jax.random.normal(rng, (n, *z_shape))
-    return jnp.clip(decode(state.params, z), -1.0, 1.0)
+    return jnp.clip(decode(state.params, z, condition), -1.0, 1.0)
+
+  def sample(state, rng, n):
+    return draw(state, rng, n, default_condition(n))
 
   def reconstruct(state, images, rng):
     del rng  # Decoding the posterior mean is deterministic.
-    mu, _ = model.apply({"params": state.params["vae"]}, images,
+    condition = default_condition(images.shape[0])
+    mu, _ = model.apply({"params": state.params["vae"]}, images, condition,
                         method=vae_nn.VAE.encode)
-    return jnp.clip(decode(state.params, mu), -1.0, 1.0)
+    return jnp.clip(decode(state.params, mu, condition), -1.0, 1.0)
+
+  def generate(state, rng, condition, guidance_scale=1.0, known=None):
+    """Decodes prior latents under a condition; `known` composites.
+
+    Args:
+      state: the VAE state.
+      rng: a PRNG key (the latents).
+      condition: a batch dict of n examples that `Conditioning.of_batch`
+        reads (lesion_vae: 'mask', and 'image' for the healthy context).
+      guidance_scale: must be 1: a VAE has no score to guide, and this one
+        trains no unconditional model to contrast with.
+      known: optional (x_known [n, H, W, 1], keep [n, H, W, 1] in {0, 1}):
+        the output is keep * x_known + (1 - keep) * decoded, x_known exactly
+        where keep = 1.
+
+    Returns:
+      [n, H, W, 1] images in [-1, 1].
+
+    Raises:
+      ValueError: a guidance scale other than the Python number 1.
+    """
+    if (isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, (int, float))
+        or guidance_scale != 1):
+      raise ValueError(
+          f"guidance_scale={guidance_scale!r}: the conditional VAE decodes "
+          "under its condition and has no classifier-free guidance; use 1.0 "
+          "(experiments/synthesize.py: --guidance=1 or none).")
+    channels = conditioning.of_batch(condition, None)
+    x = draw(state, rng, channels.shape[0], channels)
+    if known is None:
+      return x
+    x_known, keep = known
+    keep = jnp.asarray(keep, jnp.float32)
+    blend = keep * x_known + (1.0 - keep) * x
+    # Exactly x_known where keep = 1, whatever the decoder gave there.
+    return jnp.where(keep == 1.0, x_known, blend)
 
   return Method(init=init, train_step=train_step, sample=sample,
-                reconstruct=reconstruct)
+                reconstruct=reconstruct,
+                generate=None if conditioning is None else generate)
 
 
 def validate(config):

@@ -21,6 +21,14 @@ checkerboard artefacts.
 
 The posterior heads are zero-initialised, so training starts at mu = 0,
 logvar = 0 (q = the prior, KL = 0) instead of with a random, possibly huge KL.
+
+An optional *condition* (a conditional VAE, genjax.methods.lesion_vae) is a
+[B, S, S, C] map of extra channels: the encoder sees it beside x (its
+`conv_in` takes any number of channels), and the decoder at every scale, the
+map average-pooled to each level's resolution and concatenated to the
+features after each upsampling. Without one the modules and their
+parameters are exactly the unconditional VAE's.
+
 `dtype` is the compute dtype (jnp.bfloat16 for mixed precision): parameters
 stay float32 (`param_dtype`), GroupNorm computes its statistics in float32,
 and mu, logvar and x̂ are returned in float32, so the ELBO is float32.
@@ -119,7 +127,8 @@ class Encoder(nn.Module):
     """Encodes a batch.
 
     Args:
-      x: [B, S, S, 1] images in [-1, 1].
+      x: [B, S, S, 1] images in [-1, 1] (with a condition's channels
+        concatenated after them: [B, S, S, 1 + C]).
 
     Returns:
       (mu, logvar), each [B, latent_dim] (dense) or [B, s, s, latent_dim]
@@ -166,11 +175,14 @@ class Decoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z: Array) -> Array:
+  def __call__(self, z: Array, condition: Array | None = None) -> Array:
     """Decodes a batch of latents.
 
     Args:
       z: [B, latent_dim] (dense) or [B, s, s, latent_dim] (spatial).
+      condition: optional [B, S, S, C] condition channels, concatenated
+        (average-pooled to the level's resolution) to the features after
+        each upsampling; None: the unconditional decoder.
 
     Returns:
       [B, S, S, 1] image means (unbounded; data lie in [-1, 1]).
@@ -187,6 +199,11 @@ class Decoder(nn.Module):
     for level in reversed(range(len(self.channels))):
       width = self.channels[level]
       h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
+      if condition is not None:
+        f = self.image_size // h.shape[1]
+        c = nn.avg_pool(condition, (f, f), strides=(f, f)) if f > 1 else (
+            condition)
+        h = jnp.concatenate([h, c.astype(h.dtype)], axis=-1)
       # The first block also maps the width to this level's.
       for i in range(max(self.blocks_per_level, 1)):
         h = ConvBlock(width, self.num_groups, self.dtype,
@@ -215,23 +232,32 @@ class VAE(nn.Module):
     self.decoder = Decoder(self.channels, self.image_size, self.latent,
                            self.blocks_per_level, self.num_groups, self.dtype)
 
-  def encode(self, x: Array) -> tuple[Array, Array]:
-    """[B, S, S, 1] -> (mu, logvar); see `Encoder`."""
+  def encode(self, x: Array,
+             condition: Array | None = None) -> tuple[Array, Array]:
+    """[B, S, S, 1] (and [B, S, S, C] condition) -> (mu, logvar); see
+    `Encoder`."""
+    if condition is not None:
+      x = jnp.concatenate([x, condition.astype(x.dtype)], axis=-1)
     return self.encoder(x)
 
-  def decode(self, z: Array) -> Array:
-    """z -> [B, S, S, 1] image means; see `Decoder`."""
-    return self.decoder(z)
+  def decode(self, z: Array, condition: Array | None = None) -> Array:
+    """z (and [B, S, S, C] condition) -> [B, S, S, 1] image means; see
+    `Decoder`."""
+    return self.decoder(z, condition)
 
-  def __call__(self, x: Array, rng: Array) -> tuple[Array, Array, Array]:
+  def __call__(self, x: Array, rng: Array,
+               condition: Array | None = None) -> tuple[Array, Array, Array]:
     """Encodes, draws z with `rng` (reparameterised), decodes.
 
     Args:
       x: [B, S, S, 1] images.
       rng: PRNG key of the draw of z.
+      condition: optional [B, S, S, C] condition channels, seen by the
+        encoder and the decoder (see the module docstring).
 
     Returns:
       (x_hat [B, S, S, 1], mu, logvar).
     """
-    mu, logvar = self.encode(x)
-    return self.decode(reparameterize(rng, mu, logvar)), mu, logvar
+    mu, logvar = self.encode(x, condition)
+    return (self.decode(reparameterize(rng, mu, logvar), condition), mu,
+            logvar)
