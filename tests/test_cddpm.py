@@ -46,15 +46,21 @@ def test_condition_dropped_equals_no_image(smoke_config):
   config = smoke_config(cddpm_config)
   model = cddpm.make_model(config)
   x, t = _images(3), jnp.array([10, 500])
-  params = model.init(jax.random.PRNGKey(0), x, t, image=x)["params"]
+  params = model.init(jax.random.PRNGKey(0), x, t,
+                      condition={"image": x})["params"]
   params = jax.tree_util.tree_map(lambda p: p + 0.05, params)
-  apply = lambda **kw: model.apply({"params": params}, x, t, **kw)
-  np.testing.assert_allclose(apply(image=x, keep=jnp.zeros(2)), apply(),
-                             atol=1e-6)
-  assert not np.allclose(apply(image=x), apply(), atol=1e-4)
-  mixed = apply(image=x, keep=jnp.array([1.0, 0.0]))
-  np.testing.assert_allclose(mixed[0], apply(image=x)[0], atol=1e-6)
+  apply = lambda c=None: model.apply({"params": params}, x, t, condition=c)
+  np.testing.assert_allclose(apply({"image": x, "keep": jnp.zeros(2)}),
+                             apply(), atol=1e-6)
+  assert not np.allclose(apply({"image": x}), apply(), atol=1e-4)
+  mixed = apply({"image": x, "keep": jnp.array([1.0, 0.0])})
+  np.testing.assert_allclose(mixed[0], apply({"image": x})[0], atol=1e-6)
   np.testing.assert_allclose(mixed[1], apply()[1], atol=1e-6)
+  # Training draws the dropout: about cond_dropout of the examples.
+  keep = cddpm.condition_fn(config)({"image": jnp.zeros((4000, 1, 1, 1))},
+                                    jax.random.PRNGKey(1))["keep"]
+  assert abs(1.0 - float(keep.mean()) - config.model.cond_dropout) < 0.02
+  assert cddpm.condition_fn(config)({"image": x}, None)["keep"] is None
 
 
 def test_reconstruct_conditions_on_the_input_image(smoke_config):
@@ -70,7 +76,7 @@ def test_reconstruct_conditions_on_the_input_image(smoke_config):
   model = cddpm.make_model(config)
   schedule = samplers.sch.make_schedule(config.diffusion.schedule, 1000)
   net = lambda x, t: model.apply({"params": state.ema_params}, x, t,
-                                 image=images)
+                                 condition={"image": images})
   rng = jax.random.PRNGKey(7)
   want = np.mean([np.clip(samplers.one_step_x0(net, schedule, rng, images, n,
                                                clip_x0=1.0), -1, 1)
@@ -82,7 +88,7 @@ def test_reconstruct_conditions_on_the_input_image(smoke_config):
   assert method.reconstruct.network_calls == 3
   # Another image as the condition gives another reconstruction.
   other = lambda x, t: model.apply({"params": state.ema_params}, x, t,
-                                   image=images[::-1])
+                                   condition={"image": images[::-1]})
   assert not np.allclose(
       samplers.one_step_x0(other, schedule, rng, images, 500, clip_x0=1.0),
       samplers.one_step_x0(net, schedule, rng, images, 500, clip_x0=1.0),

@@ -23,15 +23,18 @@ What genjax does differently from the paper, on purpose:
     trains it.
 
 Everything else (loss, EMA, samplers, the multi-t ensemble, the detector
-hook) is `genjax.methods.ddpm`'s, through `ddpm.Variant(conditioned=True)`:
-the builder passes the clean image in training, the image being
-reconstructed in `reconstruct` and None when sampling.
+hook) is `genjax.methods.ddpm`'s, through the builder's one conditioning
+hook, `ddpm.Variant(condition=..., condition_reconstruct=True)`: the
+condition is {'image', 'keep'}, the clean image (with the dropout flags) in
+training, the image being reconstructed in `reconstruct`, None when sampling
+from noise.
 """
 
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from genjax import config as genjax_config
@@ -63,18 +66,37 @@ class ImageEncoder(nn.Module):
 
 
 class ConditionedUNet(nn.Module):
-  """UNet(x_t, t, cond = keep · encoder(image)); cond = 0 when image is None."""
+  """UNet(x_t, t, cond = keep · encoder(image)); cond = 0 without a condition.
+
+  `condition` is None or {'image': [B, H, W, 1], 'keep': [B] in {0, 1} or
+  None (keep all)}.
+  """
   unet: nn.Module
   encoder: nn.Module
 
-  def __call__(self, x, t, train=False, image=None, keep=None):
-    if image is None:
+  def __call__(self, x, t, train=False, condition=None):
+    if condition is None:
       cond = jnp.zeros((x.shape[0], self.encoder.latent_dim), jnp.float32)
     else:
-      cond = self.encoder(image).astype(jnp.float32)
-      if keep is not None:
-        cond = cond * keep[:, None]
+      cond = self.encoder(condition["image"]).astype(jnp.float32)
+      if condition.get("keep") is not None:
+        cond = cond * condition["keep"][:, None]
     return self.unet(x, t, train, cond=cond)
+
+
+def condition_fn(config):
+  """Variant.condition: the batch's image, its condition dropped for a
+  fraction config.model.cond_dropout of examples when given an rng."""
+  rate = config.model.cond_dropout
+
+  def condition(batch, rng):
+    images = batch["image"]
+    keep = None
+    if rng is not None:
+      keep = jax.random.bernoulli(rng, 1.0 - rate,
+                                  (images.shape[0],)).astype(jnp.float32)
+    return {"image": images, "keep": keep}
+  return condition
 
 
 def make_model(config):
@@ -115,6 +137,7 @@ def validate(config):
 
 def make(config):
   """cDDPM as a `Method` (see genjax.methods and genjax.methods.ddpm)."""
-  return ddpm.make(config, ddpm.Variant(model=make_model(config),
-                                        conditioned=True))
+  return ddpm.make(config, ddpm.Variant(
+      model=make_model(config), condition=condition_fn(config),
+      condition_reconstruct=True))
 

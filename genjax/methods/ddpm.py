@@ -249,12 +249,6 @@ class Variant(NamedTuple):
   multi-t ensemble and the detector hook exist once.
 
   model           the Flax module (None: `make_model(config)`, the UNet).
-  conditioned     the module is called as model(x, t, train=, image=, keep=):
-                  `image` is the clean image in training, the image being
-                  reconstructed in `reconstruct`, None when sampling from
-                  noise; `keep` [B] in {0, 1} drops the condition of some
-                  training examples (probability config.model.cond_dropout)
-                  so that the same network also samples unconditionally.
   train_region    train_region(rng, shape) -> [B, H, W, 1] in {0, 1}: the
                   pixels the training loss noises and scores (pDDPM's patch);
                   None: the whole image.
@@ -266,23 +260,27 @@ class Variant(NamedTuple):
                   one `reconstruct_at` per image, given what AnoDDPM's takes
                   at that level (None: the same).
   condition       condition(batch, rng) -> pytree: the network's condition
-                  derived from a batch dict (e.g. a lesion mask and the
-                  healthy context around it), with the variant's own
-                  condition dropout drawn from `rng` in training (rng None:
-                  nothing dropped). The module is then called as
-                  model(x, t, train=, condition=), condition None meaning
-                  "no condition" (it must equal a fully dropped one): the
-                  training batch's condition in training, None when sampling
-                  from noise and in `reconstruct`, and the condition of the
-                  batch given to the Method's `generate` (which exists only
-                  for such a variant). Exclusive with `conditioned`.
+                  derived from a batch dict (cDDPM: the image itself;
+                  lesion_ddpm: a lesion mask and the healthy context around
+                  it), with the variant's own condition dropout drawn from
+                  `rng` in training (rng None: nothing dropped). The module
+                  is then called as model(x, t, train=, condition=),
+                  condition None meaning "no condition" (it must equal a
+                  fully dropped one): the training batch's condition in
+                  training, None when sampling from noise, and the
+                  condition of the batch given to the Method's `generate`
+                  (which exists only for such a variant).
+  condition_reconstruct
+                  True: `reconstruct` conditions on its input images
+                  (condition({'image': images}, None); cDDPM); False: it
+                  runs the unconditional network (lesion_ddpm).
   """
   model: Any = None
-  conditioned: bool = False
   train_region: Optional[Callable[..., Any]] = None
   reconstruct_at: Optional[Callable[..., Any]] = None
   network_calls: Optional[Callable[[int, int], int]] = None
   condition: Optional[Callable[..., Any]] = None
+  condition_reconstruct: bool = False
 
 
 def make(config, variant=Variant()):
@@ -295,30 +293,26 @@ def make(config, variant=Variant()):
   accum_steps = config.train.grad_accum_steps
   # Configs saved before diffusion.noise existed trained with Gaussian noise.
   train_noise = noise_fn(config.diffusion.get("noise", "gaussian"))
-  cond_dropout = config.model.get("cond_dropout", 0.0)
-  if variant.conditioned and variant.condition is not None:
-    raise ValueError("A DDPM Variant is either `conditioned` (on the image) "
-                     "or has a `condition` hook, not both.")
 
-  def apply(params, x, t, image=None, *, condition=None, train=False,
-            keep=None, rngs=None):
-    if variant.conditioned:
-      return model.apply({"params": params}, x, t, train=train, image=image,
-                         keep=keep, rngs=rngs)
+  def apply(params, x, t, condition=None, *, train=False, rngs=None):
     if variant.condition is not None:
       return model.apply({"params": params}, x, t, train=train,
                          condition=condition, rngs=rngs)
     return model.apply({"params": params}, x, t, train=train, rngs=rngs)
 
-  def model_fn(params, image=None, condition=None):
-    return lambda x, t: apply(params, x, t, image, condition=condition)
+  def model_fn(params, condition=None):
+    return lambda x, t: apply(params, x, t, condition)
+
+  def reconstruct_condition(images):
+    if variant.condition is None or not variant.condition_reconstruct:
+      return None
+    return variant.condition({"image": images}, None)
 
   def init(rng, batch):
     images = batch["image"]
     t = jnp.zeros((images.shape[0],), jnp.int32)
-    extra = {"image": images} if variant.conditioned else {}
-    if variant.condition is not None:
-      extra = {"condition": variant.condition(batch, None)}
+    extra = ({"condition": variant.condition(batch, None)}
+             if variant.condition is not None else {})
     params = model.init({"params": rng}, images, t, **extra)["params"]
     return State(step=jnp.zeros((), jnp.int32), params=params,
                  ema_params=params, opt_state=tx.init(params))
@@ -328,16 +322,11 @@ def make(config, variant=Variant()):
     images = batch["image"]
     region = (variant.train_region(region_rng, images.shape)
               if variant.train_region is not None else None)
-    keep = condition = None
-    if variant.conditioned:
-      keep = jax.random.bernoulli(keep_rng, 1.0 - cond_dropout,
-                                  (images.shape[0],)).astype(jnp.float32)
-    if variant.condition is not None:
-      condition = variant.condition(batch, keep_rng)
+    condition = (variant.condition(batch, keep_rng)
+                 if variant.condition is not None else None)
 
     def loss_fn(params):
-      net = lambda x, t: apply(params, x, t, images, condition=condition,
-                               train=True, keep=keep,
+      net = lambda x, t: apply(params, x, t, condition, train=True,
                                rngs={"dropout": dropout_rng})
       per_example = losses.denoising_loss(
           net, schedule, images, loss_rng, prediction=prediction,
@@ -368,7 +357,7 @@ def make(config, variant=Variant()):
     prior_rng, rng = jax.random.split(rng)
     # A model trained on simplex noise starts from it and adds it per step.
     x_T = train_noise(prior_rng, (n, size, size, 1))
-    # A conditioned variant samples unconditionally (image=None).
+    # A conditioned variant samples unconditionally (condition None).
     x0 = samplers.get_sampler(sample_cfg.sampler)(
         model_fn(state.ema_params), schedule, rng, x_T, None,
         prediction=prediction, noise_fn=train_noise, **sample_kwargs)
@@ -428,7 +417,8 @@ def make(config, variant=Variant()):
   level_fn = variant.reconstruct_at or anoddpm_at
 
   def denoiser(state, images):
-    return Denoiser(model=model_fn(state.ema_params, images),
+    return Denoiser(model=model_fn(state.ema_params,
+                                   reconstruct_condition(images)),
                     schedule=schedule, prediction=prediction,
                     noise_fn=recon_noise, sampler=recon_sampler,
                     sampler_kwargs=recon_kwargs)
@@ -442,7 +432,8 @@ def make(config, variant=Variant()):
     """(mean reconstruction, mean residual) over the levels."""
     if recon_sampler == "aggregate":
       x0, error = samplers.aggregate_x0_error(
-          model_fn(state.ema_params, images), schedule, rng, images, levels,
+          model_fn(state.ema_params, reconstruct_condition(images)),
+          schedule, rng, images, levels,
           prediction=prediction, noise_fn=recon_noise, **recon_kwargs)
       return jnp.clip(x0, -1.0, 1.0), error
     # The same key at every level (see the module docstring).
