@@ -407,14 +407,18 @@ def figures(per_seed, evals, configs, workdir):
       if not np.array_equal(examples[e]["image"], first["image"]):
         raise ValueError(f"{e}'s detector shows other lesion slices than "
                          f"{names[0]}'s: were they run on different data?")
-    top = max(float(x["residual"].max()) for x in examples.values()) or 1.0
-    # Residual maps in [0, top] drawn on the same scale as the images.
-    scale = lambda r: 2.0 * r / top - 1.0
+    # Each entry's maps on its own scale, black 0 to white at its 99th
+    # percentile over these slices: the scores' units differ (the floor's is
+    # the intensity itself), and a shared scale hides the quieter maps.
+    def scale(r):
+      top = float(np.percentile(r, 99)) or 1.0
+      return np.clip(2.0 * r / top - 1.0, -1.0, 1.0)
     out["residuals"] = _image_rows(
         [first["image"], 2.0 * first["mask"] - 1.0]
         + [scale(examples[e]["residual"]) for e in names],
         ["input", "lesion"] + names, os.path.join(workdir, "residuals.png"),
-        f"Lesion slices: residual maps (black 0, white {top:.2f})")
+        "Lesion slices: each entry's map, black 0 to white at its own "
+        "99th percentile")
   if evals:
     seed = per_seed[names[0]][0]["seed"]
     arrays = {m: _arrays(os.path.join(workdir, f"seed{seed}", m, "eval",
