@@ -13,6 +13,7 @@ written as one object, which is also how object stores want them.
 """
 
 import io
+import os
 import json
 
 from etils import epath
@@ -40,7 +41,7 @@ def absolute(p: PathLike) -> epath.Path:
   """`p` made absolute: a URL is already; a relative local path is joined to
   the current directory (orbax wants absolute checkpoint paths)."""
   p = epath.Path(p)
-  return p if p.is_absolute() else epath.Path.cwd() / p
+  return p if p.is_absolute() else epath.Path(os.getcwd()) / p
 
 
 def exists(p: PathLike) -> bool:
