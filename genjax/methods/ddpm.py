@@ -352,16 +352,20 @@ def make(config, variant=Variant()):
   sample_cfg = config.sample
   sample_kwargs = sampler_kwargs(sample_cfg.sampler, sample_cfg)
 
-  def sample(state, rng, n):
+  def draw(net, rng, n, **extra):
+    """n images from noise with config.sample's sampler and network `net`."""
     size = config.data.image_size
     prior_rng, rng = jax.random.split(rng)
     # A model trained on simplex noise starts from it and adds it per step.
     x_T = train_noise(prior_rng, (n, size, size, 1))
-    # A conditioned variant samples unconditionally (condition None).
     x0 = samplers.get_sampler(sample_cfg.sampler)(
-        model_fn(state.ema_params), schedule, rng, x_T, None,
-        prediction=prediction, noise_fn=train_noise, **sample_kwargs)
+        net, schedule, rng, x_T, None, prediction=prediction,
+        noise_fn=train_noise, **sample_kwargs, **extra)
     return jnp.clip(x0, -1.0, 1.0)
+
+  def sample(state, rng, n):
+    # A conditioned variant samples unconditionally (condition None).
+    return draw(model_fn(state.ema_params), rng, n)
 
   def generate(state, rng, condition, guidance_scale=1.0, known=None):
     """Samples given a condition, with classifier-free guidance.
@@ -397,16 +401,7 @@ def make(config, variant=Variant()):
       def net(x, t):
         u = unconditional(x, t)
         return u + guidance_scale * (conditional(x, t) - u)
-    kwargs = dict(sample_kwargs)
-    if known is not None:
-      kwargs["known"] = known
-    size = config.data.image_size
-    prior_rng, rng = jax.random.split(rng)
-    x_T = train_noise(prior_rng, (n, size, size, 1))
-    x0 = samplers.get_sampler(sample_cfg.sampler)(
-        net, schedule, rng, x_T, None, prediction=prediction,
-        noise_fn=train_noise, **kwargs)
-    return jnp.clip(x0, -1.0, 1.0)
+    return draw(net, rng, n, **({} if known is None else {"known": known}))
 
   anomaly = config.anomaly
   recon_sampler = anomaly.sampler
