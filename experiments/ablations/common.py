@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from genjax import anomaly
+from genjax import files
 from genjax import config as config_lib
 from genjax import evaluate
 from genjax import methods
@@ -446,9 +447,8 @@ def with_interval(value, lo, hi, digits=3):
 
 
 def write_text(path, text):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    f.write(text if text.endswith("\n") else text + "\n")
+  """`text` (newline-terminated) as file `path`, through genjax.files."""
+  files.write_text(path, text if text.endswith("\n") else text + "\n")
   return path
 
 

@@ -240,7 +240,8 @@ def run(workdir, configs, *, seeds=(0,), evaluate=True, force=False,
       run_name = TRAINED_AS.get(entry, entry)
       run_dir = os.path.join(root, run_name)
       if run_name not in states:
-        if methods.get(tcfg).trainable:
+        method = methods.get(tcfg)
+        if method.trainable:
           before = common.checkpoint_step(tcfg, run_dir)
           _, state = common.train_or_resume(tcfg, run_dir)
           if before != common.checkpoint_step(tcfg, run_dir):
@@ -248,9 +249,9 @@ def run(workdir, configs, *, seeds=(0,), evaluate=True, force=False,
         else:
           _, state = checkpoints.load_state(tcfg, run_dir)
         states[run_name] = state
-        if evaluate and seed == seeds[0] and methods.get(tcfg).trainable:
+        if evaluate and seed == seeds[0] and method.trainable:
           evals[run_name] = common.run_or_reuse(
-              "eval", tcfg, methods.get(tcfg), state,
+              "eval", tcfg, method, state,
               os.path.join(run_dir, "eval"), force=force, command=command,
               log=computed)
       ecfg = _seeded(config, seed)
