@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import anomaly
+from genjax import checkpoints
 from genjax import methods
 from genjax import parallel
 from genjax import train as train_lib
@@ -495,6 +496,18 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
   if step.flops and peak_flops:
     out["train"]["fraction_of_matmul_peak"] = (
         out["train"]["flops_per_s"] / peak_flops)
+  # What each checkpoint adds to orbax's save: the sha256 of every array of
+  # the TrainState (device-to-host copy included), and again on restore.
+  sums = time_calls({"checksums": lambda: checkpoints.fingerprint(step.state)},
+                    repeats)["checksums"]
+  out["checkpoint"] = {
+      "state_bytes": sum(x.nbytes for x in jax.tree.leaves(step.state)
+                         if hasattr(x, "nbytes")),
+      "checksum_median_s": sums["median_s"],
+      "ckpt_every": config.train.ckpt_every,
+      "checksum_s_per_step": sums["median_s"] / config.train.ckpt_every,
+      "checksum_fraction_of_training": (
+          sums["median_s"] / config.train.ckpt_every / tr["median_s"])}
   out["monai_note"] = monai_note
   if peer is not None:
     mt = timing["monai_train"]
@@ -742,6 +755,13 @@ def markdown(result):
                        "lesions) | "
                        f"{_f(au[kind]['auprc'])} ({_f(au[kind]['slice_auprc'])})"
                        " | | |")
+    ck = r.get("checkpoint")
+    if ck:
+      lines.append(
+          f"| checkpoint checksums: sha256 of {_f(ck['state_bytes'] / 1e6)} MB "
+          f"of state, median s (every {ck['ckpt_every']} steps: "
+          f"{_f(100 * ck['checksum_fraction_of_training'])}% of training "
+          f"time) | {_f(ck['checksum_median_s'])} | | |")
     lines.append(f"| input pipeline images/s | "
                  f"{_f(r['pipeline']['images_per_s'])} | | |")
     lines.append(f"| peak device memory | {_gb(r['peak_memory_bytes'])} | | |")

@@ -32,6 +32,12 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, logs and outputs.")
 _MODE = flags.DEFINE_enum(
     "mode", "train", modes.MODES, "What to run.")
+_ALLOW_START_OVER = flags.DEFINE_bool(
+    "allow_start_over", False,
+    "Train from step 0 when every checkpoint in --workdir is damaged (set "
+    "aside as checkpoints/unreadable_<step>); without it the run stops "
+    "rather than throw its progress away. Has no effect while a readable "
+    "checkpoint exists.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Call jax.distributed.initialize() first (multi-host: TPU pods, SLURM); "
@@ -96,11 +102,14 @@ def main(argv):
     sys.exit(f"Config error: config.method={config.method!r} has nothing to "
              "train; run --mode=detect directly.")
   try:
-    modes.run(_MODE.value, config, _WORKDIR.value)
+    modes.run(_MODE.value, config, _WORKDIR.value,
+              allow_start_over=_ALLOW_START_OVER.value)
   except (builders.DatasetError, nifti.NiftiError, slices.SliceError) as e:
     # The message names the file or folder and what to do; a traceback
     # through TFDS would only bury it.
     sys.exit(f"Data error: {e}")
+  except checkpoints.NoReadableCheckpointError as e:
+    sys.exit(f"Checkpoint error: {e}")
   except checkpoints.CheckpointReadError as e:
     # Nothing was moved; the cause is what the storage said.
     sys.exit(f"Checkpoint error: {e} (cause: {e.__cause__!r}). Nothing was "

@@ -5,6 +5,7 @@ train, sample, eval and detect all read a run through this module:
   WORKDIR/config.json          the run's config (check_workdir_config)
   WORKDIR/checkpoints/<step>/  orbax checkpoints (checkpoint_manager, save)
   WORKDIR/checkpoints/unreadable_<step>/  a checkpoint proven bad, set aside
+  WORKDIR/checkpoints/checksums/<step>.json  sha256 of every saved array
 
 WORKDIR may be a local folder or any URL etils.epath supports (gs://bucket/
 run): config.json goes through `genjax.files`, checkpoints through orbax.
@@ -17,8 +18,20 @@ a timeout, running out of host or device memory, an error this module does
 not know) stops with `CheckpointReadError` naming the checkpoint and moves
 nothing: starting a long run over because a disk hiccuped would throw the
 run away. A checkpoint of another architecture is `CheckpointMismatchError`.
+
+Orbax stores array bytes without a checksum: a flipped bit inside an array
+file restores without any error, as a different number (9 of 12 random
+single-bit flips in a smoke checkpoint did). So `save` also records the
+sha256 of every array it saves, and a restore recomputes them: a mismatch
+proves the checkpoint bad. A checkpoint without a checksum file (written
+by an older genjax) is restored unverified, with a note in the log.
+
+When every checkpoint has been set aside, the run stops
+(`NoReadableCheckpointError`) instead of starting again from step 0, unless
+the caller allows it (`experiments.main --allow_start_over`).
 """
 
+import hashlib
 import importlib
 import json
 import logging as std_logging
@@ -27,6 +40,7 @@ from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from genjax import files
@@ -95,6 +109,14 @@ class CheckpointReadError(RuntimeError):
   I/O errors, timeouts, out-of-memory and unknown errors: the run stops and
   the checkpoint is left where it is, so the same command resumes from it
   once the cause is gone.
+  """
+
+
+class NoReadableCheckpointError(RuntimeError):
+  """Every checkpoint of a run was provably bad and has been set aside.
+
+  Starting over would silently throw the run's progress away; the caller
+  decides (`restore_or_init(..., allow_start_over=True)`).
   """
 
 
@@ -218,8 +240,98 @@ def checkpoint_manager(config, workdir):
 
 
 def save(manager, step, state):
-  """Starts writing `state` as checkpoint `step` (asynchronously)."""
+  """Starts writing `state` as checkpoint `step` (asynchronously).
+
+  The checksums are written first (process 0): a run killed before orbax
+  finishes leaves a checksum file without a checkpoint, which is harmless
+  (the next save of that step rewrites it), never the reverse.
+  """
+  if jax.process_index() == 0:
+    _write_checksums(manager, step, fingerprint(state))
   manager.save(step, args=ocp.args.StandardSave(state))
+
+
+# --- Checksums of the saved arrays ----------------------------------------------
+
+_CHECKSUMS = "checksums"
+
+
+def _host_array(leaf):
+  """This process's copy of a leaf as numpy, or None if it holds only part.
+
+  The TrainState is replicated (parallel.replicated), so every process holds
+  all of it; a leaf sharded across hosts would be unverifiable here.
+  """
+  if isinstance(leaf, jax.Array):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    if leaf.is_fully_addressable:
+      return np.asarray(leaf)
+    if leaf.is_fully_replicated:
+      return np.asarray(leaf.addressable_data(0))
+    return None
+  return np.asarray(leaf)
+
+
+def fingerprint(state):
+  """{'params/conv_in/kernel': sha256 of dtype, shape and bytes} of `state`."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    array = _host_array(leaf)
+    if array is None:
+      continue
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    out["/".join(_key_name(k) for k in path)] = digest.hexdigest()
+  return out
+
+
+def _checksum_path(manager, step):
+  return epath.Path(manager.directory) / _CHECKSUMS / f"{step}.json"
+
+
+def _write_checksums(manager, step, digests):
+  """Writes checksums/<step>.json; drops those of checkpoints orbax deleted."""
+  folder = epath.Path(manager.directory) / _CHECKSUMS
+  files.write_json(_checksum_path(manager, step),
+                   {"step": int(step), "sha256": digests})
+  # Orbax deletes the oldest checkpoints (keep_checkpoints); a save still in
+  # flight is newer than every listed step, so only files older than the
+  # oldest listed checkpoint belong to deleted ones.
+  kept = manager.all_steps()
+  if kept:
+    for path in folder.glob("*.json"):
+      if path.stem.isdigit() and int(path.stem) < min(kept):
+        path.unlink()
+
+
+def verify_checksums(manager, step, state):
+  """Raises CheckpointCorruptError if restored arrays differ from the saved.
+
+  A checkpoint without a checksum file, or with one that cannot be parsed
+  (the file, not the checkpoint, is damaged), is accepted unverified with a
+  log line.
+  """
+  path = _checksum_path(manager, step)
+  try:
+    saved = json.loads(path.read_text())["sha256"]
+  except FileNotFoundError:
+    logging.info("No checksums for checkpoint %d (%s): restored unverified.",
+                 step, path)
+    return
+  except (ValueError, KeyError, TypeError) as e:
+    logging.warning("Checksum file %s is unreadable (%s): checkpoint %d "
+                    "restored unverified.", path, e, step)
+    return
+  restored = fingerprint(state)
+  bad = sorted(k for k in saved if k in restored and saved[k] != restored[k])
+  if bad:
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more"
+                                  if len(bad) > 5 else "")
+    raise CheckpointCorruptError(
+        f"{_step_path(manager, step)}: {len(bad)} of {len(saved)} arrays "
+        f"restore to other bytes than were saved ({shown}; checksums in "
+        f"{path})")
 
 
 def abstract_state(method, config, mesh):
@@ -356,7 +468,20 @@ def _set_aside(manager, step, error):
       "before.", path, _describe(error), target)
   if jax.process_index() == 0 and path.exists():
     path.rename(target)
+    checksums = _checksum_path(manager, step)
+    if checksums.exists():
+      checksums.rename(checksums.parent / f"unreadable_{step}.json")
   manager.reload()
+
+
+def set_aside_steps(manager):
+  """Steps of the checkpoints set aside as unreadable_<step>, ascending."""
+  folder = epath.Path(manager.directory)
+  if not folder.exists():
+    return []
+  prefix = "unreadable_"
+  return sorted(int(p.name[len(prefix):]) for p in folder.iterdir()
+                if p.name.startswith(prefix) and p.name[len(prefix):].isdigit())
 
 
 def _restore_step(manager, step, abstract, config):
@@ -364,7 +489,9 @@ def _restore_step(manager, step, abstract, config):
   check_compatible(manager, step, abstract, config)
   logging.info("Restoring checkpoint of step %d from %s", step,
                manager.directory)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  verify_checksums(manager, step, state)
+  return state
 
 
 def restore_latest(method, config, manager, mesh):
@@ -401,19 +528,43 @@ def restore_latest(method, config, manager, mesh):
   return None, None
 
 
-def restore_or_init(method, config, manager, mesh, rng):
+def restore_or_init(method, config, manager, mesh, rng,
+                    allow_start_over=False):
   """The newest readable checkpoint's state, or a freshly initialised one.
 
+  Args:
+    method, config, manager, mesh: the run's.
+    rng: initialises the state when there is nothing to restore.
+    allow_start_over: when every checkpoint of the run has been set aside as
+      provably bad (now or by an earlier attempt), start from step 0 rather
+      than stop.
+
   Returns:
-    (state, step) with step 0 for a state initialised from `rng` (no
-    checkpoint, or every one provably bad and set aside).
+    (state, step) with step 0 for a state initialised from `rng`.
 
   Raises:
+    NoReadableCheckpointError: no readable checkpoint, some set aside, and
+      not allow_start_over.
     CheckpointMismatchError, CheckpointReadError: see restore_latest.
   """
   state, step = restore_latest(method, config, manager, mesh)
   if state is not None:
     return state, step
+  damaged = set_aside_steps(manager)
+  if damaged and not allow_start_over:
+    names = ", ".join(f"unreadable_{s}" for s in damaged)
+    raise NoReadableCheckpointError(
+        f"Every checkpoint in {manager.directory} is damaged and has been "
+        f"set aside ({names}; the warnings above say what is wrong with "
+        "each). Starting again from step 0 would throw the run's progress "
+        "away, so the run stopped. To start over on purpose, run the same "
+        "command with --allow_start_over (the damaged checkpoints stay where "
+        "they are); to try one anyway, rename checkpoints/unreadable_<step> "
+        "back to checkpoints/<step>.")
+  if damaged:
+    logging.warning("Every checkpoint in %s is damaged (set aside as "
+                    "unreadable_*): starting over from step 0, as "
+                    "--allow_start_over asks.", manager.directory)
   init = jax.jit(method.init, out_shardings=parallel.replicated(mesh))
   return init(rng, example_batch(config)), 0
 

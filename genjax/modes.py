@@ -5,8 +5,11 @@ from absl import logging
 MODES = ("data", "train", "sample", "eval", "detect")
 
 
-def run(mode, config, workdir):
+def run(mode, config, workdir, allow_start_over=False):
   """Runs `mode` with a validated `config`, writing under `workdir`.
+
+  allow_start_over (train only): start from step 0 if every checkpoint of
+  the run is damaged, rather than stop (checkpoints.restore_or_init).
 
   `workdir` may be a local folder or any etils.epath URL (gs://bucket/run).
   A SIGTERM during sample or detect is a clean stop, as it is in training:
@@ -20,7 +23,8 @@ def run(mode, config, workdir):
     return report.write_data_report(config, workdir)
   from genjax import train
   if mode == "train":
-    return train.train_and_evaluate(config, workdir)
+    return train.train_and_evaluate(config, workdir,
+                                    allow_start_over=allow_start_over)
   try:
     if mode == "sample":
       return train.sample_mode(config, workdir)

@@ -307,13 +307,15 @@ def _grid_path(workdir, step):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices=None):
+                       devices=None, allow_start_over=False):
   """Trains `config.method` for config.train.num_steps, resuming if possible.
 
   Args:
     config: the experiment config.
     workdir: checkpoints, logs and samples go here.
     devices: the devices to train on; None means all devices of all hosts.
+    allow_start_over: start from step 0 when every checkpoint in `workdir`
+      is damaged (set aside) instead of raising NoReadableCheckpointError.
 
   Returns:
     The final state.
@@ -333,8 +335,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_rng = jax.random.key(config.seed, impl="rbg")
 
   manager = checkpoints.checkpoint_manager(config, workdir)
-  state, start_step = checkpoints.restore_or_init(method, config, manager,
-                                                  mesh, init_rng)
+  state, start_step = checkpoints.restore_or_init(
+      method, config, manager, mesh, init_rng,
+      allow_start_over=allow_start_over)
   num_steps = config.train.num_steps
   if start_step >= num_steps:
     logging.info("Checkpoint at step %d >= num_steps=%d: nothing to train.",

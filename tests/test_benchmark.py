@@ -58,6 +58,10 @@ def test_ddpm_smoke_benchmark_structure(phantom_data_dir, tmp_path):
   assert d["ddim"]["model_evaluations"] == 200 // 50
   assert "needs a trained workdir" in d["auprc"]["note"]
   assert r["pipeline"]["images_per_s"] > 0
+  # The state checksummed at every checkpoint holds the float32 parameters,
+  # their EMA and Adam's two moments: at least 16 bytes per parameter.
+  ck = r["checkpoint"]
+  assert ck["state_bytes"] >= 16 * r["params"] and ck["checksum_median_s"] > 0
   assert "monai" not in r and "skipped" in r["monai_note"]
   names = [t["name"] for t in r["targets"]]
   assert any("pipeline" in n for n in names)
@@ -69,7 +73,8 @@ def test_ddpm_smoke_benchmark_structure(phantom_data_dir, tmp_path):
   table = open(os.path.join(out_dir, "BENCHMARK_TABLE.md")).read()
   assert table == result["table_markdown"] + "\n"
   for text in ("training images/s", "| target |", "not reported",
-               "detection slices/s", "input pipeline images/s"):
+               "detection slices/s", "input pipeline images/s",
+               "checkpoint checksums"):
     assert text in table
 
 

@@ -30,7 +30,10 @@ def test_restart_continues_exactly(smoke_config, tmp_path):
   for a, b in zip(_params(uninterrupted), _params(resumed)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   # ... and the restart really resumed rather than starting over.
-  assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == ["2", "4"]
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints")) == [
+      "2", "4", "checksums"]
+  assert sorted(os.listdir(tmp_path / "b" / "checkpoints" / "checksums")) == [
+      "2.json", "4.json"]
   changed = any(not np.allclose(a, b) for a, b in
                 zip(_params(first), _params(resumed)))
   assert changed
