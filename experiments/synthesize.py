@@ -279,6 +279,55 @@ def _grid(columns, per_row=4):
   return viz.grid(np.stack(tiles), ncols=k * min(per_row, n))
 
 
+def generate_images(config, method, state, masks, guidance, healthy=None,
+                    seed_offset=7_654_321):
+  """Lesions at `masks`: whole slices, or painted into `healthy` slices.
+
+  One jitted `method.generate` (or `lesion_ddpm.paint` when `healthy` is
+  given) called on chunks of config.eval.batch_size examples. Every call
+  gets a full chunk (one compiled shape; the last one is filled by cycling
+  the inputs) and the padding is dropped. Chunk i draws its noise from
+  `fold_in(fold_in(key(config.seed), seed_offset), i)`, so the same inputs
+  and offset give the same images.
+
+  Args:
+    config: the generator's config (seed, eval.batch_size).
+    method: its `Method`, which must have `generate`.
+    state: its state (e.g. from `checkpoints.load_state`).
+    masks: [N, H, W, 1] lesion masks in {0, 1}.
+    guidance: the guidance scale s of u + s (c - u), a Python number (the
+      lesion VAE accepts only 1).
+    healthy: None (generate whole slices) or [N, H, W, 1] healthy slices in
+      [-1, 1] to paint into (the slice kept outside each mask).
+    seed_offset: folded into the config's seed; another offset gives other
+      draws for the same masks.
+
+  Returns:
+    float32 numpy [N, H, W, 1] in [-1, 1].
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from genjax.methods import lesion_ddpm
+  # pylint: enable=g-import-not-at-top
+  if healthy is None:
+    fn = jax.jit(lambda s, r, m: method.generate(s, r, {"mask": m},
+                                                 guidance))
+  else:
+    fn = jax.jit(lambda s, r, m, x: lesion_ddpm.paint(method, s, r, x, m,
+                                                      guidance))
+  num = len(masks)
+  chunk = min(num, config.eval.batch_size)
+  rng = jax.random.fold_in(jax.random.key(config.seed), seed_offset)
+  outputs = []
+  for i, start in enumerate(range(0, num, chunk)):
+    # Every call gets a full chunk (one compiled shape); padding is dropped.
+    idx = np.arange(start, start + chunk) % num
+    args = (masks[idx],) if healthy is None else (masks[idx], healthy[idx])
+    result = np.asarray(fn(state, jax.random.fold_in(rng, i), *args))
+    outputs.append(result[:min(chunk, num - start)])
+  return np.concatenate(outputs).astype(np.float32)
+
+
 def synthesize(config, workdir, mode, *, masks=None, masks_from=None,
                images=None, guidance=None, num=None, out=None):
   """Generates or paints lesions at masks; writes grid.png, synthesis.npz.
@@ -306,11 +355,10 @@ def synthesize(config, workdir, mode, *, masks=None, masks_from=None,
       generate given a condition.
   """
   # pylint: disable=g-import-not-at-top
-  import jax
   from genjax import checkpoints
+  from genjax import files
   from genjax import methods
   from genjax import viz
-  from genjax.methods import lesion_ddpm
   # pylint: enable=g-import-not-at-top
   if mode not in MODES:
     raise SynthesisError(f"mode={mode!r}: use one of {', '.join(MODES)}.")
@@ -358,35 +406,20 @@ def synthesize(config, workdir, mode, *, masks=None, masks_from=None,
            else float(guidance))
 
   method, state = checkpoints.load_state(config, workdir)
-  if mode == "generate":
-    fn = jax.jit(lambda s, r, m: method.generate(s, r, {"mask": m}, scale))
-  else:
-    fn = jax.jit(lambda s, r, m, x: lesion_ddpm.paint(method, s, r, x, m,
-                                                      scale))
-  chunk = min(num, config.eval.batch_size)
-  rng = jax.random.fold_in(jax.random.key(config.seed), 7_654_321)
-  outputs = []
-  for i, start in enumerate(range(0, num, chunk)):
-    # Every call gets a full chunk (one compiled shape); padding is dropped.
-    idx = np.arange(start, start + chunk) % num
-    args = (mask_arr[idx],) if healthy is None else (mask_arr[idx],
-                                                     healthy[idx])
-    result = np.asarray(fn(state, jax.random.fold_in(rng, i), *args))
-    outputs.append(result[:min(chunk, num - start)])
-  generated = np.concatenate(outputs)
+  generated = generate_images(config, method, state, mask_arr, scale,
+                              healthy=healthy)
 
-  out = out or os.path.join(workdir, "synthesize", mode)
-  os.makedirs(out, exist_ok=True)
+  out = out or files.join(workdir, "synthesize", mode)
   shown_mask = 2.0 * mask_arr - 1.0
   columns = ([shown_mask, generated] if healthy is None
              else [healthy, shown_mask, generated])
-  viz.save_png(os.path.join(out, "grid.png"), _grid(columns))
+  viz.save_png(files.join(out, "grid.png"), _grid(columns))
   arrays = {"masks": mask_arr.astype(np.float32), "images": generated,
             "sources": np.array(sources), "guidance_scale": np.float32(scale),
             "mode": np.array(mode)}
   if healthy is not None:
     arrays["healthy"] = healthy
-  np.savez(os.path.join(out, "synthesis.npz"), **arrays)
+  files.save_npz(files.join(out, "synthesis.npz"), compressed=False, **arrays)
   logging.info("Wrote %d %s examples (guidance %.2f) to %s", num, mode, scale,
                out)
   return dict(arrays, out=out)

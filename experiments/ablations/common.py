@@ -26,8 +26,9 @@ import ml_collections
 import numpy as np
 
 from genjax import anomaly
-from genjax import files
+from genjax import checkpoints
 from genjax import config as config_lib
+from genjax import files
 from genjax import evaluate
 from genjax import methods
 from genjax import train
@@ -180,8 +181,14 @@ def train_or_resume(config, workdir):
 
 
 def checkpoint_step(config, workdir):
-  """The latest checkpoint's step in `workdir` (None: no checkpoint)."""
-  return train.checkpoint_manager(config, workdir).latest_step()
+  """The latest checkpoint's step in `workdir` (None: no checkpoint).
+
+  Looks before opening: orbax's manager creates the folder it opens, which
+  would make a mistyped workdir.
+  """
+  if not files.exists(checkpoints.checkpoint_dir(workdir)):
+    return None
+  return checkpoints.checkpoint_manager(config, workdir).latest_step()
 
 
 def reusable(path, config, step, files=()):
