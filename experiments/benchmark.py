@@ -35,7 +35,6 @@ Targets are reported as pass/fail, never asserted.
 
 import datetime
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -51,6 +50,7 @@ import numpy as np
 
 from genjax import anomaly
 from genjax import checkpoints
+from genjax import files
 from genjax import methods
 from genjax import parallel
 from genjax import train as train_lib
@@ -584,12 +584,11 @@ def bench_method(name, variant, *, image_size=None, batch_size=None,
 
 def workdir_config(workdir, data_dir=None):
   """The config of the DDPM run in `workdir` (its saved config.json)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = files.join(workdir, "config.json")
+  if not files.exists(path):
     raise FileNotFoundError(f"--workdir={workdir} has no config.json: give "
                             "the workdir of a trained DDPM run.")
-  with open(path) as f:
-    saved = train_lib.flatten_config(json.load(f))
+  saved = train_lib.flatten_config(files.read_json(path))
   if saved.get("method") != "ddpm":
     raise ValueError(f"--workdir={workdir} holds a {saved.get('method')!r} "
                      "run; the detector comparison needs a DDPM.")
@@ -625,8 +624,8 @@ def detect_auprc(config, workdir, ddim_stride, out_dir=None, splits=None,
     method, state = train_lib.load_state(c, workdir)
     t0 = time.perf_counter()
     m = anomaly.detect(c, method, state,
-                       os.path.join(out_dir or "benchmark_out",
-                                    f"detect_{kind}"))
+                       files.join(out_dir or "benchmark_out",
+                                  f"detect_{kind}"))
     result[kind] = {"auprc": m.get("auprc"),
                     "slice_auprc": m.get("slice_auprc"),
                     "n_test_slices": m.get("n_test_slices"),
@@ -825,11 +824,10 @@ def run(method="ddpm", variant="cpu", *, out_dir=None, command=None,
   table = markdown(result)
   result["table_markdown"] = table
   if out_dir:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "benchmark.json"), "w") as f:
-      json.dump(result, f, indent=2, default=float)
-    with open(os.path.join(out_dir, "BENCHMARK_TABLE.md"), "w") as f:
-      f.write(table + "\n")
+    # Through genjax.files: out_dir may be a local folder or gs://...
+    files.write_json(files.join(out_dir, "benchmark.json"), result,
+                     indent=2, default=float)
+    files.write_text(files.join(out_dir, "BENCHMARK_TABLE.md"), table + "\n")
   return result
 
 

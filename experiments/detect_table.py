@@ -17,8 +17,6 @@ Nothing is recomputed from images: the numbers are those the detector
 wrote (metrics.json, subject_histograms.npz).
 """
 
-import json
-import os
 import sys
 
 from absl import app
@@ -26,6 +24,7 @@ from absl import flags
 
 from experiments.ablations import common
 from genjax import anomaly
+from genjax import files
 
 
 def define_flags():
@@ -52,8 +51,8 @@ def _size_cell(lesions):
 
 def detect_folder(path):
   """The folder with metrics.json: `path` itself or `path`/detect; None."""
-  for folder in (path, os.path.join(path, "detect")):
-    if os.path.isfile(os.path.join(folder, "metrics.json")):
+  for folder in (path, files.join(path, "detect")):
+    if files.path(files.join(folder, "metrics.json")).is_file():
       return folder
   return None
 
@@ -61,10 +60,9 @@ def detect_folder(path):
 def row(name, path, num_resamples):
   """One table row (dict of cells) of the detect run in `path`."""
   folder = detect_folder(path)
-  with open(os.path.join(folder, "metrics.json")) as f:
-    m = json.load(f)
+  m = files.read_json(files.join(folder, "metrics.json"))
   data = anomaly.load_subject_histograms(
-      os.path.join(folder, "subject_histograms.npz"))
+      files.join(folder, "subject_histograms.npz"))
   intervals = common.bootstrap_subjects(data, num_resamples)
   cells = {"run": name, "method": m["method"],
            "subjects": f"{m['n_test_subjects']}",

@@ -194,3 +194,61 @@ def test_paths_keep_the_scheme(fake_gcs):
   with pytest.raises(FileNotFoundError, match="fake-bucket/nothing.json"):
     files.read_json(f"{BUCKET}/nothing.json")
   assert not _local_leaks(fake_gcs)
+
+
+def test_noise_level_ablation_on_gs(smoke_config, fake_gcs):
+  """The cheapest ablation end to end with its workdir on gs://: every table,
+  figure and cached detector output lands in the bucket, and a rerun reuses
+  them; the benchmark and detect_table read the same run from there."""
+  from experiments import benchmark
+  from experiments import detect_table
+  from experiments.ablations import common
+  from experiments.ablations import noise_level
+  workdir = f"{BUCKET}/ddpm"
+  config = smoke_config()
+  config.train.num_steps = 2
+  config.train.ckpt_every = 2
+  config.train.sample_every = 100  # No sample grids: not what is tested.
+  train.train_and_evaluate(config, workdir)
+  config = common.config_from_workdir(workdir)  # config.json from gs://.
+  assert config.train.num_steps == 2
+  common.apply_overrides(config, ["anomaly.write_maps=False"])
+
+  first = noise_level.run(config, workdir, (10,), ("gaussian",),
+                          num_resamples=5)
+  assert first["computed"] == [("gaussian", 10)]
+  root = first["root"]
+  assert root == f"{workdir}/ablations/noise_level"
+  local = fake_gcs.local(root)
+  outputs = first["outputs"]
+  for key, name in (("markdown", "results.md"), ("csv", "results.csv"),
+                    ("json", "results.json"), ("plot", "metrics.png"),
+                    ("residuals_gaussian", "residuals_gaussian.png")):
+    assert outputs[key] == f"{root}/{name}"
+    assert os.path.getsize(os.path.join(local, name)) > 0, name
+  level = os.path.join(local, "gaussian_t0010")
+  for name in ("metrics.json", "subject_histograms.npz", "examples.npz"):
+    assert os.path.isfile(os.path.join(level, name)), name
+  rows = common.read_csv(outputs["csv"])
+  metrics = files.read_json(f"{root}/gaussian_t0010/metrics.json")
+  assert [float(r["auprc"]) for r in rows] == [metrics["auprc"]]
+  assert files.read_json(outputs["json"])["chosen"] == {"gaussian": 10}
+  assert common.fmt(metrics["auprc"], 3) in files.read_text(
+      outputs["markdown"])
+
+  stamp = os.path.getmtime(os.path.join(level, "metrics.json"))
+  second = noise_level.run(config, workdir, (10,), ("gaussian",),
+                           num_resamples=5)
+  assert second["computed"] == []
+  assert second["rows"] == first["rows"]
+  assert os.path.getmtime(os.path.join(level, "metrics.json")) == stamp
+
+  # The other readers of a gs:// run: benchmark's config, detect_table.
+  assert benchmark.workdir_config(workdir).model.base_channels == (
+      config.model.base_channels)
+  assert detect_table.detect_folder(f"{root}/gaussian_t0010") == (
+      f"{root}/gaussian_t0010")
+  assert detect_table.detect_folder(workdir) is None
+  table = detect_table.table([("t10", f"{root}/gaussian_t0010")], 5)
+  assert "| t10 | ddpm |" in table
+  assert not _local_leaks(fake_gcs)

@@ -45,7 +45,6 @@ reconstructions.png (the same lesion slices; rows = remedies).
 """
 
 import json
-import os
 import sys
 
 from absl import app
@@ -60,6 +59,7 @@ import scipy.ndimage
 
 from experiments.ablations import common
 from genjax import anomaly
+from genjax import files
 from genjax import parallel
 
 BASE = ("data.train_split=train_mixed",)
@@ -322,9 +322,8 @@ def cached(path, key, compute, log=None, force=False):
   """compute() saved to `path` with `key`; reused while the key matches
   (unless `force`). `log` gets ('measure', path) when computed."""
   key = json.loads(json.dumps(anomaly._finite(key)))  # pylint: disable=protected-access
-  if os.path.exists(path) and not force:
-    with open(path) as f:
-      saved = json.load(f)
+  if files.exists(path) and not force:
+    saved = files.read_json(path)
     if saved.get("key") == key:
       return saved["value"]
   value = compute()
@@ -364,16 +363,16 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
   data_key = {k: v for k, v in common.relevant(first).items()
               if k.startswith("data.") and k != "data.train_split"}
   reference = cached(
-      os.path.join(workdir, "reference.json"),
+      files.join(workdir, "reference.json"),
       {"data": data_key, "percentile": percentile, "min_pixels": min_pixels},
       lambda: real_reference(first, percentile, min_pixels), computed, force)
   for name, config in configs.items():
-    run_dir = os.path.join(workdir, name)
+    run_dir = files.join(workdir, name)
     method, state, ev, det = common.train_eval_detect(
         config, run_dir, force=force, command=command, log=computed)
     step = int(jax.device_get(state.step))
     base_key = {"step": step, "config": common.relevant(config)}
-    bias = cached(os.path.join(run_dir, "imbalance", "healthy_bias.json"),
+    bias = cached(files.join(run_dir, "imbalance", "healthy_bias.json"),
                   {**base_key, "version": _BIAS_VERSION},
                   lambda: healthy_bias(config, method, state),
                   computed, force)
@@ -384,12 +383,12 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
       return {"fraction": lesion_like_fraction(
           samples, reference["threshold"], min_pixels), "n_samples": n}
     lesion_like = cached(
-        os.path.join(run_dir, "imbalance", "lesion_like.json"),
+        files.join(run_dir, "imbalance", "lesion_like.json"),
         {**base_key, "n": n, "threshold": reference["threshold"],
          "min_pixels": min_pixels}, like, computed, force)
     recon = ev["reconstruction"][config.data.eval_split]
     hist = anomaly.load_subject_histograms(
-        os.path.join(run_dir, "detect", det["subject_histograms"]))
+        files.join(run_dir, "detect", det["subject_histograms"]))
     auprc = common.bootstrap_subjects(hist)["auprc"]
     paired[name] = {"bias": bias, "hist": hist}
     like_lo, like_hi = wilson_interval(lesion_like["fraction"],
@@ -419,20 +418,20 @@ def run(workdir, configs, *, num_samples=None, percentile=1.0,
                   short + "_hi": d.get("hi")})
 
   outputs = {
-      "csv": common.write_csv(os.path.join(workdir, "imbalance.csv"), rows,
+      "csv": common.write_csv(files.join(workdir, "imbalance.csv"), rows,
                               list(COLUMNS)),
-      "json": common.write_json(os.path.join(workdir, "imbalance.json"), {
+      "json": common.write_json(files.join(workdir, "imbalance.json"), {
           "command": command, "rows": rows, "reference": reference,
           "remedies": {r: list(BASE) + list(REMEDIES[r]) for r in configs}}),
       "plot": plot_bars(rows, reference,
-                        os.path.join(workdir, "imbalance.png")),
+                        files.join(workdir, "imbalance.png")),
   }
   figure = reconstruction_figure(results,
-                                 os.path.join(workdir, "reconstructions.png"))
+                                 files.join(workdir, "reconstructions.png"))
   if figure:
     outputs["reconstructions"] = figure
   outputs["markdown"] = write_markdown(
-      os.path.join(workdir, "imbalance.md"), rows, reference, configs,
+      files.join(workdir, "imbalance.md"), rows, reference, configs,
       command, outputs, common.protocol_sentence(
           next(iter(results.values()))["detect"]) if results else "")
   return {"rows": rows, "reference": reference, "computed": computed,
@@ -473,7 +472,7 @@ def plot_bars(rows, reference, path):
           ax.axhline(value, color="k", linestyle=style, label=label)
       ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  common.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -485,8 +484,8 @@ def reconstruction_figure(results, path):
   for name, r in results.items():
     if not r["detect"].get("examples"):
       return None
-    with np.load(os.path.join(r["dir"], "detect",
-                              r["detect"]["examples"])) as f:
+    with files.load_npz(files.join(r["dir"], "detect",
+                                   r["detect"]["examples"])) as f:
       examples[name] = {k: f[k] for k in f.files}
   names = list(examples)
   first = examples[names[0]]
@@ -505,7 +504,7 @@ def reconstruction_figure(results, path):
   fig.suptitle("Lesion test slices and their reconstructions per remedy",
                fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  common.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -574,11 +573,11 @@ def write_markdown(path, rows, reference, configs, command, outputs,
       f"{common.fmt(ref['lesion_fraction'], 3)} of the {ref['n_lesion']} "
       "real lesion slices (ventricles are dark too); only a rate above the "
       "healthy slices' indicates lesion-like content.", "",
-      f"![bars]({os.path.basename(outputs['plot'])})",
+      f"![bars]({files.path(outputs['plot']).name})",
   ]
   if "reconstructions" in outputs:
     lines += ["", f"![reconstructions]"
-              f"({os.path.basename(outputs['reconstructions'])})"]
+              f"({files.path(outputs['reconstructions']).name})"]
   return common.write_text(path, "\n".join(lines))
 
 
@@ -616,7 +615,7 @@ def main(argv):
                percentile=f.percentile, min_pixels=f.min_pixels,
                force=f.force, command=common.command_line(sys.argv))
   logging.info("Wrote %s", result["outputs"]["markdown"])
-  print(open(result["outputs"]["markdown"]).read())
+  print(files.read_text(result["outputs"]["markdown"]))
 
 
 if __name__ == "__main__":

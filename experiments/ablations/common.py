@@ -17,6 +17,7 @@ import copy
 import csv
 import difflib
 import importlib
+import io
 import json
 import os
 
@@ -121,13 +122,12 @@ def config_from_workdir(workdir):
   field the current config no longer has is logged and skipped; a field
   added to genjax since keeps its default (as when resuming training).
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = files.join(workdir, "config.json")
+  if not files.exists(path):
     raise FileNotFoundError(
         f"{path} does not exist: {workdir} is not a genjax run (train it "
         "with experiments.main first), or pass --config.")
-  with open(path) as f:
-    saved = json.load(f)
+  saved = files.read_json(path)
   if not saved.get("method"):
     raise ValueError(f"{path} has no 'method': not a genjax config.")
   config = method_config(saved["method"], saved.get("variant", ""))
@@ -191,22 +191,22 @@ def checkpoint_step(config, workdir):
   return checkpoints.checkpoint_manager(config, workdir).latest_step()
 
 
-def reusable(path, config, step, files=()):
+def reusable(path, config, step, required=()):
   """Whether out_dir/metrics.json at `path` was made from this config/step.
 
   Args:
-    path: a metrics.json written by evaluate or detect.
+    path: a metrics.json written by evaluate or detect (any genjax.files
+      path: a local file or gs://...).
     config: the config it should have been made with.
     step: the checkpoint step it should come from.
-    files: other files (relative to its folder) that must exist too.
+    required: other files (relative to its folder) that must exist too.
 
   Returns:
     (True, metrics) or (False, the reason).
   """
-  if not os.path.exists(path):
+  if not files.exists(path):
     return False, "no outputs yet"
-  with open(path) as f:
-    metrics = json.load(f)
+  metrics = files.read_json(path)
   if metrics.get("step") != step:
     return False, f"made at step {metrics.get('step')}, checkpoint is {step}"
   if not metrics.get("config"):
@@ -214,8 +214,8 @@ def reusable(path, config, step, files=()):
   diff = config_differences(metrics["config"], config)
   if diff:
     return False, "config differs in " + ", ".join(diff[:5])
-  missing = [f for f in files
-             if not os.path.exists(os.path.join(os.path.dirname(path), f))]
+  folder = files.path(path).parent
+  missing = [f for f in required if not files.exists(folder / f)]
   if missing:
     return False, "missing " + ", ".join(missing)
   return True, metrics
@@ -236,11 +236,11 @@ def run_or_reuse(kind, config, method, state, out_dir, *, force=False,
   Returns:
     The metrics dict.
   """
-  files = {"eval": ("figures.npz",),
-           "detect": ("subject_histograms.npz",)}[kind]
+  required = {"eval": ("figures.npz",),
+              "detect": ("subject_histograms.npz",)}[kind]
   step = int(jax.device_get(state.step))
-  ok, found = reusable(os.path.join(out_dir, "metrics.json"), config, step,
-                       files)
+  ok, found = reusable(files.join(out_dir, "metrics.json"), config, step,
+                       required)
   if ok and not force:
     logging.info("Reusing %s (step %d).", out_dir, step)
     return found
@@ -274,7 +274,7 @@ def train_eval_detect(config, run_dir, *, force=False, command=None,
   if log is not None and before != checkpoint_step(config, run_dir):
     log.append(("train", run_dir))
   outputs = [run_or_reuse(kind, config, method, state,
-                          os.path.join(run_dir, kind), force=force,
+                          files.join(run_dir, kind), force=force,
                           command=command, log=log)
              for kind in ("eval", "detect")]
   return (method, state, *outputs)
@@ -413,23 +413,25 @@ def fmt(value, digits=4):
 
 
 def write_csv(path, rows, columns):
-  """rows: dicts; columns: their keys in order. Floats written in full."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(columns)
-    for row in rows:
-      writer.writerow(["" if row.get(c) is None else
-                       repr(float(row[c])) if isinstance(
-                           row[c], (float, np.floating)) else row[c]
-                       for c in columns])
+  """rows: dicts; columns: their keys in order. Floats written in full.
+
+  Written through genjax.files (a local file or gs://...), folders created.
+  """
+  buffer = io.StringIO(newline="")
+  writer = csv.writer(buffer)
+  writer.writerow(columns)
+  for row in rows:
+    writer.writerow(["" if row.get(c) is None else
+                     repr(float(row[c])) if isinstance(
+                         row[c], (float, np.floating)) else row[c]
+                     for c in columns])
+  files.write_text(path, buffer.getvalue())
   return path
 
 
 def read_csv(path):
   """write_csv's file as a list of dicts of strings."""
-  with open(path, newline="") as f:
-    return list(csv.DictReader(f))
+  return list(csv.DictReader(io.StringIO(files.read_text(path), newline="")))
 
 
 def markdown_table(rows, columns, headers=None, digits=4):
@@ -461,6 +463,16 @@ def write_text(path, text):
 
 def write_json(path, data):
   return anomaly.write_json(path, data)
+
+
+def save_figure(fig, path, **kwargs):
+  """fig.savefig to `path` through genjax.files (a local file or gs://...;
+  folders created); the format is the path's extension. Returns `path`."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=files.path(path).suffix.lstrip(".") or "png",
+              **kwargs)
+  files.write_bytes(path, buffer.getvalue())
+  return path
 
 
 def command_line(argv):

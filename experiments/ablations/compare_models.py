@@ -35,7 +35,6 @@ expensive for diffusion models, whose samples take 1000 ancestral steps),
 samples.png, reconstructions.png and the reconstruction/sample rows.
 """
 
-import os
 import sys
 
 from absl import app
@@ -50,6 +49,7 @@ import numpy as np
 from experiments.ablations import common
 from genjax import anomaly
 from genjax import checkpoints
+from genjax import files
 from genjax import methods
 
 # name: (configs/<file>.py, overrides, what it is).
@@ -194,7 +194,7 @@ def _detect(entry, config, state, out_dir, *, force, command, log):
   best, scores = None, {}
   for v in values:
     cfg = _with(config, field, v)
-    d = os.path.join(out_dir, f"{field}={v}")
+    d = files.join(out_dir, f"{field}={v}")
     metrics = common.run_or_reuse("detect", cfg, methods.get(cfg), state, d,
                                   force=force, command=command, log=log)
     scores[v] = metrics.get(SELECT_BY)
@@ -233,12 +233,12 @@ def run(workdir, configs, *, seeds=(0,), evaluate=True, force=False,
   variant = next(iter(configs.values())).variant
   computed, per_seed, evals = [], {e: [] for e in configs}, {}
   for seed in seeds:
-    root = os.path.join(workdir, f"seed{seed}")
+    root = files.join(workdir, f"seed{seed}")
     states = {}
     for entry, config in configs.items():
       tcfg = _seeded(train_config(entry, configs, variant), seed)
       run_name = TRAINED_AS.get(entry, entry)
-      run_dir = os.path.join(root, run_name)
+      run_dir = files.join(root, run_name)
       if run_name not in states:
         method = methods.get(tcfg)
         if method.trainable:
@@ -252,12 +252,12 @@ def run(workdir, configs, *, seeds=(0,), evaluate=True, force=False,
         if evaluate and seed == seeds[0] and method.trainable:
           evals[run_name] = common.run_or_reuse(
               "eval", tcfg, method, state,
-              os.path.join(run_dir, "eval"), force=force, command=command,
+              files.join(run_dir, "eval"), force=force, command=command,
               log=computed)
       ecfg = _seeded(config, seed)
       metrics, det_dir, scores = _detect(
-          entry, ecfg, states[run_name], os.path.join(run_dir,
-                                                      f"detect_{entry}"),
+          entry, ecfg, states[run_name], files.join(run_dir,
+                                                    f"detect_{entry}"),
           force=force, command=command, log=computed)
       per_seed[entry].append({"seed": seed, "metrics": metrics,
                               "dir": det_dir, "grid": scores})
@@ -267,9 +267,9 @@ def run(workdir, configs, *, seeds=(0,), evaluate=True, force=False,
     table[entry]["peak_memory_bytes"] = memory
   rows = [dict(entry=e, **table[e]) for e in table]
   outputs = {
-      "csv": common.write_csv(os.path.join(workdir, "comparison.csv"), rows,
+      "csv": common.write_csv(files.join(workdir, "comparison.csv"), rows,
                               ["entry", *COLUMNS]),
-      "json": common.write_json(os.path.join(workdir, "comparison.json"), {
+      "json": common.write_json(files.join(workdir, "comparison.json"), {
           "command": command, "variant": variant, "seeds": list(seeds),
           "selected_by": SELECT_BY, "grids": {e: list(GRIDS[e][1]) for e
                                               in configs if e in GRIDS},
@@ -284,7 +284,7 @@ def run(workdir, configs, *, seeds=(0,), evaluate=True, force=False,
   }
   outputs.update(figures(per_seed, evals, configs, workdir))
   outputs["markdown"] = write_markdown(
-      os.path.join(workdir, "comparison.md"), table, per_seed, evals,
+      files.join(workdir, "comparison.md"), table, per_seed, evals,
       configs, variant, seeds, command, outputs)
   logging.info("Wrote %s", outputs["markdown"])
   return {"table": table, "rows": rows, "computed": computed,
@@ -317,7 +317,7 @@ def summarise(per_seed, num_resamples=1000):
     draws = {m: [] for m in BOOT_METRICS}
     for r in runs:
       data = anomaly.load_subject_histograms(
-          os.path.join(r["dir"], r["metrics"]["subject_histograms"]))
+          files.join(r["dir"], r["metrics"]["subject_histograms"]))
       if subjects is None:
         subjects = list(data["subjects"])
         resamples = common.subject_resamples(len(subjects), num_resamples)
@@ -365,7 +365,7 @@ def table_column(ev, det, split):
 
 
 def _arrays(path):
-  with np.load(path) as f:
+  with files.load_npz(path) as f:
     return {k: f[k] for k in f.files}
 
 
@@ -387,7 +387,7 @@ def _image_rows(rows, labels, path, title, cmap="gray", vmin=-1.0, vmax=1.0):
     axes[i, 0].set_ylabel(label, fontsize=8)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  common.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -401,7 +401,7 @@ def figures(per_seed, evals, configs, workdir):
   for e in names:
     r = per_seed[e][0]
     if r["metrics"].get("examples"):
-      examples[e] = _arrays(os.path.join(r["dir"], r["metrics"]["examples"]))
+      examples[e] = _arrays(files.join(r["dir"], r["metrics"]["examples"]))
   if examples and len(examples) == len(names):
     first = examples[names[0]]
     for e in names[1:]:
@@ -417,19 +417,19 @@ def figures(per_seed, evals, configs, workdir):
     out["residuals"] = _image_rows(
         [first["image"], 2.0 * first["mask"] - 1.0]
         + [scale(examples[e]["residual"]) for e in names],
-        ["input", "lesion"] + names, os.path.join(workdir, "residuals.png"),
+        ["input", "lesion"] + names, files.join(workdir, "residuals.png"),
         "Lesion slices: each entry's map, black 0 to white at its own "
         "99th percentile")
   if evals:
     seed = per_seed[names[0]][0]["seed"]
-    arrays = {m: _arrays(os.path.join(workdir, f"seed{seed}", m, "eval",
-                                      ev["figure_arrays"]))
+    arrays = {m: _arrays(files.join(workdir, f"seed{seed}", m, "eval",
+                                    ev["figure_arrays"]))
               for m, ev in evals.items()}
     runs = list(arrays)
     first = arrays[runs[0]]
     out["samples"] = _image_rows(
         [arrays[m]["samples"] for m in runs] + [first["real"]],
-        runs + ["real"], os.path.join(workdir, "samples.png"),
+        runs + ["real"], files.join(workdir, "samples.png"),
         "Samples (rows: methods; last row: real test slices)")
     if len(first["inputs"]):
       for m in runs[1:]:
@@ -439,7 +439,7 @@ def figures(per_seed, evals, configs, workdir):
                            "data?")
       out["reconstructions"] = _image_rows(
           [first["inputs"]] + [arrays[m]["reconstructions"] for m in runs],
-          ["input"] + runs, os.path.join(workdir, "reconstructions.png"),
+          ["input"] + runs, files.join(workdir, "reconstructions.png"),
           "Healthy test slices (top) and each method's reconstruction")
   return out
 
@@ -506,7 +506,7 @@ def write_markdown(path, table, per_seed, evals, configs, variant, seeds,
               "methods (same image size, same real slices), but NOT FID."]
   for key in ("residuals", "samples", "reconstructions"):
     if key in outputs:
-      lines += ["", f"![{key}]({os.path.basename(outputs[key])})"]
+      lines += ["", f"![{key}]({files.path(outputs[key]).name})"]
   return common.write_text(path, "\n".join(lines))
 
 
@@ -544,7 +544,7 @@ def main(argv):
   result = run(f.workdir, configs, seeds=seeds, evaluate=f.eval,
                force=f.force, command=common.command_line(sys.argv),
                num_resamples=f.num_resamples)
-  print(open(result["outputs"]["markdown"]).read())
+  print(files.read_text(result["outputs"]["markdown"]))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Then writes, in WORKDIR/ablations/noise_level/:
                 (columns), one colour scale per figure.
 """
 
-import os
 import sys
 
 from absl import app
@@ -43,6 +42,7 @@ import numpy as np
 
 from experiments.ablations import common
 from genjax import anomaly
+from genjax import files
 from genjax import methods
 from genjax import train
 from genjax.diffusion import samplers
@@ -67,7 +67,7 @@ COLUMNS = (["noise", "t", "chosen", "sampler", "model_evals", "step"]
 
 
 def level_dir(root, noise, t):
-  return os.path.join(root, f"{noise}_t{int(t):04d}")
+  return files.join(root, f"{noise}_t{int(t):04d}")
 
 
 def model_evaluations(config, t):
@@ -131,7 +131,7 @@ def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
   if config.method != "ddpm":
     raise ValueError(f"{workdir} holds a {config.method!r} run: the noise "
                      "level is the DDPM's (config.method='ddpm').")
-  root = os.path.join(workdir, "ablations", "noise_level")
+  root = files.join(workdir, "ablations", "noise_level")
   # Every (noise, t) config is built (and validated) before any work.
   configs = {(n, int(t)): level_config(config, n, t)
              for n in noises for t in noise_levels}
@@ -146,7 +146,7 @@ def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
     if log:
       computed.append((noise, t))
     data = anomaly.load_subject_histograms(
-        os.path.join(out_dir, metrics["subject_histograms"]))
+        files.join(out_dir, metrics["subject_histograms"]))
     boot = common.bootstrap_subjects(data, num_resamples, seed)
     row = {"noise": noise, "t": t, "sampler": cfg.anomaly.sampler,
            "model_evals": model_evaluations(cfg, t), "step": metrics["step"]}
@@ -160,20 +160,20 @@ def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
     rows.append(row)
     protocol = common.protocol_sentence(metrics)
     if metrics.get("examples"):
-      examples[(noise, t)] = os.path.join(out_dir, metrics["examples"])
+      examples[(noise, t)] = files.join(out_dir, metrics["examples"])
     logging.info("noise=%s t=%d: AUPRC %s, Dice %s (%.0f s)", noise, t,
                  row["auprc"], row["dice_at_threshold"], row["seconds"])
 
   chosen = choose(rows)
   outputs = {
-      "csv": common.write_csv(os.path.join(root, "results.csv"), rows,
+      "csv": common.write_csv(files.join(root, "results.csv"), rows,
                               COLUMNS),
-      "json": common.write_json(os.path.join(root, "results.json"), {
+      "json": common.write_json(files.join(root, "results.json"), {
           "workdir": workdir, "command": command, "rows": rows,
           "chosen": chosen, "chosen_by": SELECT_BY,
           "bootstrap": {"resamples": num_resamples, "seed": seed,
                         "level": 0.95, "unit": "test subject"}}),
-      "plot": plot_metrics(rows, noises, os.path.join(root, "metrics.png")),
+      "plot": plot_metrics(rows, noises, files.join(root, "metrics.png")),
   }
   for noise in noises:
     paths = [examples[(noise, int(t))] for t in noise_levels
@@ -181,9 +181,9 @@ def run(config, workdir, noise_levels=DEFAULT_LEVELS, noises=DEFAULT_NOISES,
     if paths:
       outputs[f"residuals_{noise}"] = residual_figure(
           paths, [int(t) for t in noise_levels if (noise, int(t)) in examples],
-          noise, os.path.join(root, f"residuals_{noise}.png"))
+          noise, files.join(root, f"residuals_{noise}.png"))
   outputs["markdown"] = write_markdown(
-      os.path.join(root, "results.md"), rows, config, num_resamples,
+      files.join(root, "results.md"), rows, config, num_resamples,
       command, outputs, protocol if rows else "")
   return {"rows": rows, "computed": computed, "outputs": outputs,
           "root": root, "chosen": chosen}
@@ -218,8 +218,7 @@ def plot_metrics(rows, noises, path):
   fig.suptitle("DDPM anomaly detection against t "
                "(error bars: 95% bootstrap over test subjects)", fontsize=10)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110)
+  common.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -229,7 +228,7 @@ def residual_figure(paths, levels, noise, path):
   lesion mask, then the residual at each t (one colour scale)."""
   loaded = []
   for p in paths:
-    with np.load(p) as f:
+    with files.load_npz(p) as f:
       loaded.append({k: f[k] for k in f.files})
   first = loaded[0]
   keys = [f"{s}:{k}" for s, k in zip(first["subject"], first["slice"])]
@@ -259,7 +258,7 @@ def residual_figure(paths, levels, noise, path):
     ax.set_yticks([])
   fig.colorbar(im, ax=axes, shrink=0.6, label="residual")
   fig.suptitle(f"Residual maps, {noise} noise", fontsize=10)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  common.save_figure(fig, path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
 
@@ -304,11 +303,11 @@ def write_markdown(path, rows, config, num_resamples, command, outputs,
       "reconstruction (anomaly.num_steps is the step density of a full run "
       "from T, so a level t takes about num_steps * t / T; None: every "
       "step from t).", "",
-      f"![metrics]({os.path.basename(outputs['plot'])})",
+      f"![metrics]({files.path(outputs['plot']).name})",
   ]
   for key, value in outputs.items():
     if key.startswith("residuals_"):
-      lines += ["", f"![{key}]({os.path.basename(value)})"]
+      lines += ["", f"![{key}]({files.path(value).name})"]
   return common.write_text(path, "\n".join(lines))
 
 
@@ -356,7 +355,7 @@ def main(argv):
     sys.exit(f"Config error: {e.args[0] if e.args else e}")
   result = run(config, workdir, levels, f.noises, num_resamples=f.bootstrap,
                force=f.force, command=common.command_line(sys.argv))
-  print(open(result["outputs"]["markdown"]).read())
+  print(files.read_text(result["outputs"]["markdown"]))
 
 
 if __name__ == "__main__":
