@@ -61,7 +61,6 @@ synthetic pairs only re-score the real arm's saved segmenters on them
 
 import hashlib
 import json
-import os
 import sys
 
 from absl import app
@@ -74,6 +73,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from experiments.ablations import common
+from genjax import files
 from genjax import segment
 
 ARMS = ("real", "real_synthetic", "synthetic")
@@ -274,14 +274,13 @@ def make_synthetic(config, generator_workdir, train, real, *, num, masks_from,
   key = {"version": _VERSION, "generator_step": int(step),
          "generator": common.relevant(config), "guidance": scale,
          "inputs": array_digest(healthy, clipped)}
-  path = os.path.join(out_dir, "synthetic.npz")
-  key_path = os.path.join(out_dir, "synthetic.json")
-  if not force and os.path.exists(path) and os.path.exists(key_path):
-    with open(key_path) as f:
-      if json.load(f) == json.loads(json.dumps(key)):
-        logging.info("Reusing the synthetic pairs in %s.", path)
-        with np.load(path) as z:
-          return {k: z[k] for k in z.files}
+  path = files.join(out_dir, "synthetic.npz")
+  key_path = files.join(out_dir, "synthetic.json")
+  if not force and files.exists(path) and files.exists(key_path):
+    if files.read_json(key_path) == json.loads(json.dumps(key)):
+      logging.info("Reusing the synthetic pairs in %s.", path)
+      with files.load_npz(path) as z:
+        return {k: z[k] for k in z.files}
   method, state = checkpoints.load_state(config, generator_workdir)
   if method.generate is None:
     raise ValueError(f"config.method={config.method!r} cannot generate at "
@@ -293,8 +292,7 @@ def make_synthetic(config, generator_workdir, train, real, *, num, masks_from,
             "coverage": coverage.astype(np.float32),
             "guidance_scale": np.float32(scale),
             "generator_step": np.int64(step)}
-  os.makedirs(out_dir, exist_ok=True)
-  np.savez(path, **result)
+  files.save_npz(path, compressed=False, **result)
   common.write_json(key_path, key)
   if log is not None:
     log.append(("synthetic", path))
@@ -369,12 +367,11 @@ def train_arm(arm, seed, pairs, test, settings, run_dir, key, *,
      steps), 'n_train'}.
   """
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  path = os.path.join(run_dir, "result.json")
+  path = files.join(run_dir, "result.json")
   key = json.loads(json.dumps({**key, "arm": arm, "seed": seed}))
-  if not force and os.path.exists(path) and os.path.exists(
-      os.path.join(run_dir, "params.msgpack")):
-    with open(path) as f:
-      saved = json.load(f)
+  if not force and files.exists(path) and files.exists(
+      files.join(run_dir, "params.msgpack")):
+    saved = files.read_json(path)
     if saved.get("key") == key:
       logging.info("Reusing %s.", run_dir)
       return saved["value"]
@@ -393,9 +390,8 @@ def train_arm(arm, seed, pairs, test, settings, run_dir, key, *,
   value = {"subjects": subjects, "test_counts": counts.tolist(),
            "final_loss": float(losses[-10:].mean()),
            "n_train": int(len(images))}
-  os.makedirs(run_dir, exist_ok=True)
-  with open(os.path.join(run_dir, "params.msgpack"), "wb") as f:
-    f.write(serialization.to_bytes(jax.device_get(state.params)))
+  files.write_bytes(files.join(run_dir, "params.msgpack"),
+                    serialization.to_bytes(jax.device_get(state.params)))
   common.write_json(path, {"key": key, "value": value})
   if log is not None:
     log.append(("train", run_dir))
@@ -415,16 +411,15 @@ def segmenter_fidelity(run_dir, settings, synthetic, synthetic_digest, *,
     {'synthetic_counts', 'unpainted_counts': [1, 3] `dice_counts` rows}.
   """
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  path = os.path.join(run_dir, "fidelity.json")
-  with open(os.path.join(run_dir, "result.json")) as f:
-    key = {"segmenter": json.load(f)["key"], "synthetic": synthetic_digest}
-  if not force and os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+  path = files.join(run_dir, "fidelity.json")
+  key = {"segmenter": files.read_json(files.join(run_dir, "result.json"))[
+      "key"], "synthetic": synthetic_digest}
+  if not force and files.exists(path):
+    saved = files.read_json(path)
     if saved.get("key") == key:
       return saved["value"]
-  with open(os.path.join(run_dir, "params.msgpack"), "rb") as f:
-    params = serialization.msgpack_restore(f.read())
+  params = serialization.msgpack_restore(
+      files.read_bytes(files.join(run_dir, "params.msgpack")))
   model = segment.make_model(**settings["segmenter"])
   value = {}
   for name, x in (("synthetic_counts", synthetic["images"]),
@@ -500,7 +495,7 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
   synthetic = make_synthetic(
       config, generator_workdir, train, real_ids, num=num_synthetic,
       masks_from=masks_from, masks_dir=masks_dir, guidance=guidance,
-      out_dir=os.path.join(workdir, "synthetic"), force=force, log=computed)
+      out_dir=files.join(workdir, "synthetic"), force=force, log=computed)
   settings = {"segmenter": segmenter, "steps": int(steps),
               "batch_size": int(batch_size),
               "learning_rate": float(learning_rate)}
@@ -516,7 +511,7 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
   for arm in ARMS:
     key = dict(base_key, **({} if arm == "real" else syn_key))
     for seed in seeds:
-      run_dir = os.path.join(workdir, "runs", arm, f"seed_{seed}")
+      run_dir = files.join(workdir, "runs", arm, f"seed_{seed}")
       results[(arm, seed)] = train_arm(
           arm, int(seed), arm_pairs(arm, real, synthetic, real_fraction),
           test, settings, run_dir, key, force=force, log=computed)
@@ -580,15 +575,15 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
           "settings": settings, "real_fraction": real_fraction,
           "seeds": [int(s) for s in seeds], "num_resamples": num_resamples}
   outputs = {
-      "csv": common.write_csv(os.path.join(workdir, "utility.csv"), rows,
+      "csv": common.write_csv(files.join(workdir, "utility.csv"), rows,
                               list(COLUMNS)),
-      "json": common.write_json(os.path.join(workdir, "utility.json"), {
+      "json": common.write_json(files.join(workdir, "utility.json"), {
           "command": command, "rows": rows, "fidelity": fidelity, **info}),
       "figure": pairs_figure(synthetic,
-                             os.path.join(workdir, "utility_pairs.png")),
+                             files.join(workdir, "utility_pairs.png")),
   }
   outputs["markdown"] = write_markdown(
-      os.path.join(workdir, "utility.md"), rows, fidelity, info, command,
+      files.join(workdir, "utility.md"), rows, fidelity, info, command,
       outputs)
   return {"rows": rows, "fidelity": fidelity, "computed": computed,
           "outputs": outputs, **info}
@@ -622,7 +617,7 @@ def pairs_figure(synthetic, path, num=8):
                if has_real else "Synthetic lesions at the masks (red)",
                fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  common.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -687,7 +682,7 @@ def write_markdown(path, rows, fidelity, info, command, outputs):
     lines.append(f"| {name} | {stat(i['synthetic'][name])} | "
                  f"{stat(i['real_train'][name])} | "
                  f"{stat(i['healthy_before'][name])} |")
-  lines += ["", f"![pairs]({os.path.basename(outputs['figure'])})"]
+  lines += ["", f"![pairs]({files.path(outputs['figure']).name})"]
   return common.write_text(path, "\n".join(lines))
 
 
@@ -754,7 +749,7 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"Error: {e}")
   logging.info("Wrote %s", result["outputs"]["markdown"])
-  print(open(result["outputs"]["markdown"]).read())
+  print(files.read_text(result["outputs"]["markdown"]))
 
 
 if __name__ == "__main__":
