@@ -237,3 +237,12 @@ def test_study_end_to_end_and_reuse(trained_generator, tmp_path):
   assert {r["n_synthetic"] for r in third["rows"] if r["arm"] != "real"} == {4}
   assert [r["pooled_dice"] for r in third["rows"] if r["arm"] == "real"] == [
       r["pooled_dice"] for r in rows if r["arm"] == "real"]
+  # The real arm alone (as for a curve over K) reuses its runs; an arm set
+  # without the real arm has nothing to be compared with.
+  alone = su.run(workdir, config, generator, **dict(kwargs, num_synthetic=4),
+                 arms=("real",))
+  assert [k for k, _ in alone["computed"]] == []
+  assert [(r["arm"], r["seed"]) for r in alone["rows"]] == [
+      ("real", s) for s in ("0", "1", "all")]
+  with pytest.raises(ValueError, match="includes 'real'"):
+    su.run(workdir, config, generator, **kwargs, arms=("synthetic",))

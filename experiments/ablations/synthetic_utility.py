@@ -453,7 +453,7 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
         num_synthetic=128, masks_from="train", masks_dir=None, seeds=(0, 1, 2),
         segmenter=None, steps=500, batch_size=16, learning_rate=1e-3,
         real_fraction=0.5, guidance=None, num_resamples=1000, force=False,
-        command=None):
+        command=None, arms=ARMS):
   """Trains every arm and seed (reusing finished ones), scores, tabulates.
 
   Args:
@@ -472,10 +472,18 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
     num_resamples: bootstrap resamples over test patients.
     force: recompute the synthetic pairs and every arm.
     command: the command line, for utility.md.
+    arms: the arms to train, a subset of ARMS that includes 'real' (every
+      difference is against it); e.g. ('real',) at several K to see how
+      Dice grows with real patients.
 
   Returns:
     {'rows', 'fidelity', 'computed': [(kind, path)], 'outputs'}.
   """
+  unknown = [a for a in arms if a not in ARMS]
+  if unknown or "real" not in arms:
+    raise ValueError(f"arms={','.join(arms)}: a subset of "
+                     f"{','.join(ARMS)} that includes 'real'.")
+  arms = [a for a in ARMS if a in arms]
   if not 0.0 < real_fraction < 1.0:
     raise ValueError(f"real_fraction={real_fraction}: in (0, 1).")
   if num_synthetic < 1:
@@ -508,7 +516,7 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
                                        synthetic["masks"]),
              "real_fraction": float(real_fraction)}
   results, fidelity_counts = {}, {}
-  for arm in ARMS:
+  for arm in arms:
     key = dict(base_key, **({} if arm == "real" else syn_key))
     for seed in seeds:
       run_dir = files.join(workdir, "runs", arm, f"seed_{seed}")
@@ -523,11 +531,11 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
   subjects = results[(ARMS[0], seeds[0])]["subjects"]
   plan = common.subject_resamples(len(subjects), num_resamples, 0)
   rows, summaries = [], {}
-  for arm in ARMS:
+  for arm in arms:
     per_seed = [np.asarray(results[(arm, s)]["test_counts"]) for s in seeds]
     for seed, counts in list(zip(seeds, per_seed)) + [("all", per_seed)]:
       summaries[(arm, seed)] = summarise(counts, plan)
-  for arm in ARMS:
+  for arm in arms:
     for seed in list(seeds) + ["all"]:
       s, base = summaries[(arm, seed)], summaries[("real", seed)]
       losses = [results[(arm, x)]["final_loss"] for x in
@@ -702,6 +710,9 @@ def define_flags():
   flags.DEFINE_integer("real_patients", 2, "K: training patients whose "
                        "lesion slices the real arms train on.")
   flags.DEFINE_integer("num_synthetic", 128, "N: synthetic pairs.")
+  flags.DEFINE_list("arms", list(ARMS), "Arms to train (a subset that "
+                    "includes real; e.g. --arms=real at several "
+                    "--real_patients).")
   flags.DEFINE_enum("masks_from", "train", MASKS_FROM,
                     "Masks of the synthetic pairs: the other training "
                     "patients' or the phantom's lesion generator.")
@@ -745,7 +756,8 @@ def main(argv):
                  steps=f.steps, batch_size=f.batch_size,
                  learning_rate=f.learning_rate,
                  real_fraction=f.real_fraction, guidance=f.guidance,
-                 force=f.force, command=common.command_line(sys.argv))
+                 force=f.force, command=common.command_line(sys.argv),
+                 arms=tuple(f.arms))
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"Error: {e}")
   logging.info("Wrote %s", result["outputs"]["markdown"])
