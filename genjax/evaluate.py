@@ -241,18 +241,29 @@ def reconstruction_quality(config, quality_fn, state, split, rng, mesh,
   return result, pairs.items
 
 
-def _distances(real, fake, name, opts, seed):
-  """Fréchet distance and KID of one feature set; None where impossible."""
-  f_real, f_fake = real.array(name), fake.array(name)
+def feature_distances(f_real, f_fake, *, num_subsets, subset_size, seed):
+  """(Fréchet distance, KID mean, KID std) of fake vs real feature arrays.
+
+  KID on `num_subsets` subsets of `subset_size` vectors (capped at the
+  smaller set), seeded by `seed`; (None, None, None) when either set is
+  missing or has fewer than 2 vectors.
+  """
   if f_real is None or f_fake is None or min(len(f_real), len(f_fake)) < 2:
     return None, None, None
   mu1, s1 = distribution.feature_statistics(f_fake)
   mu2, s2 = distribution.feature_statistics(f_real)
   fd = distribution.frechet_distance(mu1, s1, mu2, s2)
   kid_mean, kid_std = distribution.kid(
-      f_fake, f_real, num_subsets=opts["kid_num_subsets"],
-      subset_size=opts["kid_subset_size"], rng=seed)
+      f_fake, f_real, num_subsets=num_subsets, subset_size=subset_size,
+      rng=seed)
   return fd, kid_mean, kid_std
+
+
+def _distances(real, fake, name, opts, seed):
+  """feature_distances of one feature set of two ImageSets."""
+  return feature_distances(real.array(name), fake.array(name),
+                           num_subsets=opts["kid_num_subsets"],
+                           subset_size=opts["kid_subset_size"], seed=seed)
 
 
 def _diversity(images, opts, seed):

@@ -16,6 +16,7 @@ import ast
 import copy
 import csv
 import difflib
+import hashlib
 import importlib
 import io
 import json
@@ -463,6 +464,16 @@ def write_text(path, text):
 
 def write_json(path, data):
   return anomaly.write_json(path, data)
+
+
+def array_digest(*arrays):
+  """A short sha256 of arrays' shapes, dtypes and bytes (part of cache keys)."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.shape, str(a.dtype))).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
 
 
 def save_figure(fig, path, **kwargs):

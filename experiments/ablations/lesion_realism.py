@@ -210,24 +210,13 @@ def batched_features(fn, images, batch_size):
 
 
 def distances(real, fake, config):
-  """(Fréchet distance, KID mean, KID std) of fake vs real features.
-
-  As `evaluate._distances`: statistics of each set, `frechet_distance`
-  (eigh), `kid` with config.eval.kid_num_subsets subsets of
-  min(n, config.eval.kid_subset_size) vectors, seeded by config.seed.
-  (None, None, None) with fewer than 2 vectors on either side.
-  """
-  from genjax.metrics import distribution  # pylint: disable=g-import-not-at-top
-  if real is None or fake is None or min(len(real), len(fake)) < 2:
-    return None, None, None
-  mu1, s1 = distribution.feature_statistics(fake)
-  mu2, s2 = distribution.feature_statistics(real)
-  fd = distribution.frechet_distance(mu1, s1, mu2, s2)
-  kid_mean, kid_std = distribution.kid(
-      fake, real, num_subsets=int(config.eval.kid_num_subsets),
-      subset_size=min(len(fake), len(real), int(config.eval.kid_subset_size)),
-      rng=config.seed)
-  return fd, kid_mean, kid_std
+  """(Fréchet distance, KID mean, KID std) of fake vs real features, as the
+  evaluator computes them (`evaluate.feature_distances` with config.eval's
+  KID subsets, seeded by config.seed)."""
+  from genjax import evaluate  # pylint: disable=g-import-not-at-top
+  return evaluate.feature_distances(
+      real, fake, num_subsets=int(config.eval.kid_num_subsets),
+      subset_size=int(config.eval.kid_subset_size), seed=config.seed)
 
 
 def contrast_summary(contrast, reference):
@@ -268,23 +257,13 @@ def diversity(draws, masks, num_draws, seed):
 # --- Generation, cached -------------------------------------------------------
 
 
-def array_digest(*arrays):
-  """A short sha256 of arrays' shapes, dtypes and bytes."""
-  h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.shape, str(a.dtype))).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
 def row_key(generator, row, masks, diversity_masks):
   """The cache key of a generator row: what its images depend on."""
   key = {"version": _VERSION, "step": generator["step"],
          "config": common.relevant(generator["config"]),
          "guidance": row["guidance"],
-         "masks": array_digest(np.asarray(masks, np.float32)),
-         "diversity_masks": array_digest(np.asarray(diversity_masks,
+         "masks": common.array_digest(np.asarray(masks, np.float32)),
+         "diversity_masks": common.array_digest(np.asarray(diversity_masks,
                                                     np.float32)),
          "seed_offsets": [7_654_321, DIVERSITY_SEED_OFFSET]}
   text = json.dumps(key, sort_keys=True, default=str)

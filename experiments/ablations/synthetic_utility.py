@@ -59,7 +59,6 @@ synthetic pairs only re-score the real arm's saved segmenters on them
 (fidelity.json). --force recomputes everything.
 """
 
-import hashlib
 import json
 import sys
 
@@ -141,16 +140,6 @@ def modality_names(data_config, channels):
   if channels == 1:
     return [data_config.get("modality") or "image"]
   return [f"channel_{c}" for c in range(channels)]
-
-
-def array_digest(*arrays):
-  """A short sha256 of arrays' shapes and bytes (part of cache keys)."""
-  h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.shape, str(a.dtype))).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
 
 
 # --- Synthetic pairs ----------------------------------------------------------
@@ -273,7 +262,7 @@ def make_synthetic(config, generator_workdir, train, real, *, num, masks_from,
                             "the generator first (experiments.main).")
   key = {"version": _VERSION, "generator_step": int(step),
          "generator": common.relevant(config), "guidance": scale,
-         "inputs": array_digest(healthy, clipped)}
+         "inputs": common.array_digest(healthy, clipped)}
   path = files.join(out_dir, "synthetic.npz")
   key_path = files.join(out_dir, "synthetic.json")
   if not force and files.exists(path) and files.exists(key_path):
@@ -511,8 +500,8 @@ def run(workdir, config, generator_workdir, *, real_patients=2,
               if k.startswith("data.")}
   base_key = {"version": _VERSION, "settings": settings, "data": data_key,
               "real_patients": real_ids,
-              "test": array_digest(test["image"], test["mask"])}
-  syn_key = {"synthetic": array_digest(synthetic["images"],
+              "test": common.array_digest(test["image"], test["mask"])}
+  syn_key = {"synthetic": common.array_digest(synthetic["images"],
                                        synthetic["masks"]),
              "real_fraction": float(real_fraction)}
   results, fidelity_counts = {}, {}
