@@ -282,7 +282,7 @@ def fingerprint(state):
       continue
     digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
     digest.update(np.ascontiguousarray(array).tobytes())
-    out["/".join(_key_name(k) for k in path)] = digest.hexdigest()
+    out[_leaf_name(path)] = digest.hexdigest()
   return out
 
 
@@ -351,10 +351,17 @@ def _key_name(key):
   return str(key)
 
 
+def _leaf_name(path):
+  """'params/conv_in/kernel' for a tree_flatten_with_path path: dataclass
+  fields, dict keys and tuple indices all become parts, as in a checkpoint's
+  metadata."""
+  return "/".join(_key_name(k) for k in path)
+
+
 def _shapes(tree):
   """{'params/conv_in/kernel': shape}: dataclass fields, dict keys and tuple
   indices all become path parts, as they are in a checkpoint's metadata."""
-  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
+  return {_leaf_name(path): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
