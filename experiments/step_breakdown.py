@@ -265,7 +265,16 @@ def profile_ops(call, compiled, repeats, trace_dir=None, top=12):
       for _ in range(repeats):
         call()
     times = op_times(trace_dir)
-  hlo = compiled.as_text()
+  return attribute(times, compiled.as_text(), repeats, top)
+
+
+def attribute(times, hlo, repeats, top=12):
+  """Splits traced op times (ns, summed over `repeats` calls) by op kind.
+
+  Ops the trace names but the HLO does not (runtime bookkeeping) are left
+  out; a transpose/copy's time is also charged, shared equally, to the kinds
+  of the ops that take it as operand. Returns profile_ops's dictionary.
+  """
   kinds = op_kinds(hlo)
   per_kind = collections.defaultdict(lambda: [0.0, 0])
   known = {name: ns for name, ns in times.items() if name in kinds}

@@ -291,16 +291,16 @@ def test_every_epoch_is_a_permutation_of_the_split(train_splits):
 
 
 @pytest.mark.parametrize("fraction", [None, 0.4])
-def test_resuming_far_into_a_run_is_immediate(train_splits, fraction):
-  # Replaying 4 * 10**9 examples would take days; reaching them must not.
-  # Batch k of a stream resumed at k - 1 is the first batch of one resumed
-  # at k, so far positions are still one consistent stream.
-  import time  # pylint: disable=g-import-not-at-top
+def test_resuming_far_into_a_run_is_one_consistent_stream(train_splits,
+                                                          fraction):
+  # Batch k of a stream resumed at k - 1 is the first batch of one resumed at
+  # k, however far k is (4 * 10**9 examples in). A resume that restarted the
+  # epoch count, or skipped from epoch 0 with other epoch seeds, fails this.
+  # Its cost is not what this checks: a plain skip of 4 * 10**9 examples from
+  # epoch 0 also returns within seconds here (tf.data skips without reading).
   config = data_config(lesion_fraction=fraction)
   k = 10**9
-  t = time.perf_counter()
   at_k = next(pipeline.train_iterator(config, 4, seed=1, start_step=k))
-  assert time.perf_counter() - t < 20
   before = take(pipeline.train_iterator(config, 4, seed=1, start_step=k - 1),
                 2)
   assert keys_of(before[1]) == keys_of(at_k)
