@@ -77,7 +77,7 @@ TRAINED_AS = {"ddpm_ensemble": "ddpm", "one_step": "ddpm", "autoddpm": "ddpm"}
 GRIDS = {
     "ddpm": ("anomaly.noise_level", (100, 200, 300)),
     "pddpm": ("anomaly.noise_level", (250, 500)),
-    "autoddpm": ("autoddpm.threshold", (0.15, 0.25, 0.35, 0.5)),
+    "autoddpm": ("autoddpm.threshold", (0.15, 0.25, 0.35, 0.5, 0.75, 1.0)),
 }
 SELECT_BY = "auprc_val"
 # Kept for the seed-report comparison (question 1, 3, 4).
