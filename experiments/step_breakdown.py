@@ -19,6 +19,13 @@ then interleaved calls, medians):
              conv input gradient, conv weight gradient, transposes/copies,
              reductions, matmuls, elementwise fusions) with the largest ops.
              --profile_dir keeps the trace for TensorBoard/XProf.
+  detect     the detector's jitted score function (genjax.detect.scores, as
+             detection runs it) of every compare_models entry, on one batch
+             of random images and random weights (the cost does not depend
+             on either), all entries timed interleaved in one process:
+             ms per slice beside network calls per slice. Entries and their
+             choices (t) with --entries and --entry_override, e.g.
+             --entry_override=ddpm:anomaly.noise_level=100.
 
 XLA options are compared by running the benchmark itself under each, e.g.
 `XLA_FLAGS=--xla_cpu_use_onednn=true python -m experiments.benchmark
@@ -53,6 +60,11 @@ _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "profile probe: keep the jax.profiler trace here "
     "(default: a temporary directory, deleted).")
 _TOP = flags.DEFINE_integer("top", 12, "profile probe: largest ops listed.")
+_ENTRIES = flags.DEFINE_list(
+    "entries", None, "detect probe: compare_models entries (default: all).")
+_ENTRY_OVERRIDES = flags.DEFINE_multi_string(
+    "entry_override", [], "detect probe: ENTRY:FIELD=VALUE, applied to that "
+    "entry's config (e.g. the t compare_models chose).")
 # --config, --batch_size (default 16 here), --repeats and --single_thread are
 # experiments.benchmark's flags (imported above), with the same meaning.
 
@@ -326,8 +338,82 @@ def profile_table(result):
   return "\n".join(lines)
 
 
+# --- Detection cost per entry -------------------------------------------------
+
+
+def parse_entry_overrides(values):
+  """['ENTRY:FIELD=VALUE', ...] -> {entry: ['FIELD=VALUE', ...]}."""
+  out = collections.defaultdict(list)
+  for value in values:
+    entry, sep, override = value.partition(":")
+    if not sep or "=" not in override:
+      raise app.UsageError(
+          f"--entry_override={value!r}: expected ENTRY:FIELD=VALUE, e.g. "
+          "ddpm:anomaly.noise_level=100.")
+    out[entry].append(override)
+  return dict(out)
+
+
+def detect_probe(variant, batch, repeats, entries=None, entry_overrides=None):
+  """Per entry: ms per slice of the score function, and its network calls.
+
+  Every entry's score function is built as `genjax.detect.loop` builds it
+  (`scores.make_score_fn` of the method and `anomaly_options`), compiled
+  ahead of time on `batch` random slices with an all-brain mask and the
+  method's freshly initialised state, and timed with the others
+  interleaved, so that a busy moment of the machine falls on every entry.
+  Post-processing outside the score function (histograms, connected
+  components) is the same for every entry and left out.
+
+  Returns:
+    {entry: {'ms_per_slice', 'network_calls_per_slice', 'compile_s'}} in
+    the order of the entries.
+  """
+  from experiments.ablations import compare_models  # pylint: disable=g-import-not-at-top
+  from genjax import methods  # pylint: disable=g-import-not-at-top
+  from genjax.detect import loop  # pylint: disable=g-import-not-at-top
+  from genjax.detect import scores  # pylint: disable=g-import-not-at-top
+  entries = tuple(entries or compare_models.ENTRIES)
+  unknown = set(entry_overrides or {}) - set(entries)
+  if unknown:
+    raise ValueError(f"--entry_override names entries not measured: "
+                     f"{sorted(unknown)} (measured: {', '.join(entries)}).")
+  configs = compare_models.build_configs(variant, entries,
+                                         entry_overrides=entry_overrides)
+  mesh = parallel.make_mesh()
+  calls, out = {}, {}
+  for entry, config in configs.items():
+    method = methods.get(config)
+    opts = loop.anomaly_options(config)
+    state = benchmark.init_state(method, config, mesh)
+    images = benchmark.random_batch(config, jax.random.key(6), batch)["image"]
+    brain = jnp.ones_like(images)
+    rng = jax.random.key(7)
+    compiled, compile_s = benchmark.aot_compile(
+        jax.jit(scores.make_score_fn(method, opts)), state, images, brain, rng)
+    calls[entry] = (lambda c=compiled, a=(state, images, brain, rng):
+                    jax.block_until_ready(c(*a)))
+    out[entry] = {"network_calls_per_slice": scores.network_calls(
+        method, opts)[0], "compile_s": round(compile_s, 2)}
+  timing = benchmark.time_calls(calls, repeats)
+  for entry, t in timing.items():
+    out[entry]["ms_per_slice"] = round(t["median_s"] * 1000 / batch, 3)
+  return out
+
+
+def detect_table(result):
+  """The detect probe's result as Markdown."""
+  lines = ["| entry | network calls / slice | ms / slice | compile s |",
+           "|---|---|---|---|"]
+  lines += [f"| {entry} | {v['network_calls_per_slice']} | "
+            f"{v['ms_per_slice']:.2f} | {v['compile_s']:.1f} |"
+            for entry, v in result.items()]
+  return "\n".join(lines)
+
+
 PROBES = {"unet": unet_probe, "convs": conv_probe,
-          "groupnorm": groupnorm_probe, "profile": profile_probe}
+          "groupnorm": groupnorm_probe, "profile": profile_probe,
+          "detect": detect_probe}
 
 
 def main(argv):
@@ -340,13 +426,18 @@ def main(argv):
     benchmark.set_single_thread()
   batch = flags.FLAGS.batch_size or 16
   for name in _PROBES.value:
+    if name == "detect":
+      result = detect_probe(flags.FLAGS.config, batch, flags.FLAGS.repeats,
+                            _ENTRIES.value,
+                            parse_entry_overrides(_ENTRY_OVERRIDES.value))
+      print(detect_table(result), flush=True)
+      continue
     result = PROBES[name](flags.FLAGS.config, batch, flags.FLAGS.repeats)
     if name == "profile":
       print(profile_table(result), flush=True)
     else:
       print(name, "(milliseconds, medians):", json.dumps(result, indent=1),
             flush=True)
-
 
 if __name__ == "__main__":
   app.run(main)

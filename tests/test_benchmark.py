@@ -233,3 +233,31 @@ def test_profile_attributes_conv_time_to_forward_and_both_gradients():
           "conv weight gradient"} <= set(traced["kinds"])
   shares = sum(v["share"] for v in traced["kinds"].values())
   assert abs(shares - 1) < 0.01
+
+
+def test_detect_probe_times_every_entry_with_its_network_calls():
+  from experiments import step_breakdown  # pylint: disable=g-import-not-at-top
+  from experiments.ablations import compare_models  # pylint: disable=g-import-not-at-top
+  overrides = step_breakdown.parse_entry_overrides(
+      ["ddpm:anomaly.noise_level=300", "ddpm:anomaly.num_steps=40"])
+  assert overrides == {"ddpm": ["anomaly.noise_level=300",
+                                "anomaly.num_steps=40"]}
+  result = step_breakdown.detect_probe("smoke", 2, 1, ("floor", "ddpm"),
+                                       overrides)
+  assert list(result) == ["floor", "ddpm"]
+  assert all(v["ms_per_slice"] > 0 for v in result.values())
+  # The floor runs no network; the DDPM's DDIM reconstruction from t = 300
+  # of T = 1000, with 40 steps for a full run, takes 40 * 300 / 1000 = 12
+  # steps of one UNet call each (the smoke default, t = 200 with 4, takes 1).
+  assert result["floor"]["network_calls_per_slice"] == 0
+  config = compare_models.build_configs("smoke", ("ddpm",),
+                                        entry_overrides=overrides)["ddpm"]
+  assert config.diffusion.num_timesteps == 1000
+  assert result["ddpm"]["network_calls_per_slice"] == 12 == (
+      benchmark.model_evaluations(config, "anomaly"))
+  assert "| ddpm | " in step_breakdown.detect_table(result)
+  with pytest.raises(ValueError, match="not measured"):
+    step_breakdown.detect_probe("smoke", 2, 1, ("floor",), overrides)
+  from absl import app  # pylint: disable=g-import-not-at-top
+  with pytest.raises(app.UsageError, match="ENTRY:FIELD=VALUE"):
+    step_breakdown.parse_entry_overrides(["anomaly.noise_level=300"])
