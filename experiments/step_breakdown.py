@@ -354,7 +354,7 @@ def parse_entry_overrides(values):
   return dict(out)
 
 
-def detect_probe(variant, batch, repeats, entries=None, entry_overrides=None):
+def detect_costs(variant, batch, repeats, entries=None, entry_overrides=None):
   """Per entry: ms per slice of the score function, and its network calls.
 
   Every entry's score function is built as `genjax.detect.loop` builds it
@@ -386,8 +386,8 @@ def detect_probe(variant, batch, repeats, entries=None, entry_overrides=None):
     method = methods.get(config)
     opts = loop.anomaly_options(config)
     state = benchmark.init_state(method, config, mesh)
-    images = benchmark.random_batch(config, jax.random.key(6), batch)["image"]
-    brain = jnp.ones_like(images)
+    inputs = benchmark.random_batch(config, jax.random.key(6), batch)
+    images, brain = inputs["image"], inputs["brain"]  # All brain.
     rng = jax.random.key(7)
     compiled, compile_s = benchmark.aot_compile(
         jax.jit(scores.make_score_fn(method, opts)), state, images, brain, rng)
@@ -399,6 +399,11 @@ def detect_probe(variant, batch, repeats, entries=None, entry_overrides=None):
   for entry, t in timing.items():
     out[entry]["ms_per_slice"] = round(t["median_s"] * 1000 / batch, 3)
   return out
+
+
+def detect_probe(variant, batch, repeats):
+  return detect_costs(variant, batch, repeats, _ENTRIES.value,
+                      parse_entry_overrides(_ENTRY_OVERRIDES.value))
 
 
 def detect_table(result):
@@ -425,16 +430,11 @@ def main(argv):
   if flags.FLAGS.single_thread:
     benchmark.set_single_thread()
   batch = flags.FLAGS.batch_size or 16
+  tables = {"profile": profile_table, "detect": detect_table}
   for name in _PROBES.value:
-    if name == "detect":
-      result = detect_probe(flags.FLAGS.config, batch, flags.FLAGS.repeats,
-                            _ENTRIES.value,
-                            parse_entry_overrides(_ENTRY_OVERRIDES.value))
-      print(detect_table(result), flush=True)
-      continue
     result = PROBES[name](flags.FLAGS.config, batch, flags.FLAGS.repeats)
-    if name == "profile":
-      print(profile_table(result), flush=True)
+    if name in tables:
+      print(tables[name](result), flush=True)
     else:
       print(name, "(milliseconds, medians):", json.dumps(result, indent=1),
             flush=True)

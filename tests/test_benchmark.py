@@ -194,13 +194,13 @@ def test_profile_attributes_conv_time_to_forward_and_both_gradients():
     return jnp.sum(jnp.square(y))
   fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   compiled = fn.lower(w, x).compile()
-  kinds = step_breakdown.op_kinds(compiled.as_text())
+  hlo = compiled.as_text()
+  kinds = step_breakdown.op_kinds(hlo)
   # One convolution of each kind: y, dL/dx (transposed kernel), dL/dw (window
   # = the 16x16 activation).
   convs = sorted(k for k in kinds.values() if k.startswith("conv"))
   assert convs == ["conv forward", "conv input gradient",
                    "conv weight gradient"]
-  hlo = compiled.as_text()
   # XLA:CPU lays the activation and the output gradient out anew for the
   # weight gradient (batch becomes the contracted feature dimension), and the
   # kernel anew (flipped, in and out swapped) for the input gradient.
@@ -242,7 +242,7 @@ def test_detect_probe_times_every_entry_with_its_network_calls():
       ["ddpm:anomaly.noise_level=300", "ddpm:anomaly.num_steps=40"])
   assert overrides == {"ddpm": ["anomaly.noise_level=300",
                                 "anomaly.num_steps=40"]}
-  result = step_breakdown.detect_probe("smoke", 2, 1, ("floor", "ddpm"),
+  result = step_breakdown.detect_costs("smoke", 2, 1, ("floor", "ddpm"),
                                        overrides)
   assert list(result) == ["floor", "ddpm"]
   assert all(v["ms_per_slice"] > 0 for v in result.values())
@@ -257,7 +257,7 @@ def test_detect_probe_times_every_entry_with_its_network_calls():
       benchmark.model_evaluations(config, "anomaly"))
   assert "| ddpm | " in step_breakdown.detect_table(result)
   with pytest.raises(ValueError, match="not measured"):
-    step_breakdown.detect_probe("smoke", 2, 1, ("floor",), overrides)
+    step_breakdown.detect_costs("smoke", 2, 1, ("floor",), overrides)
   from absl import app  # pylint: disable=g-import-not-at-top
   with pytest.raises(app.UsageError, match="ENTRY:FIELD=VALUE"):
     step_breakdown.parse_entry_overrides(["anomaly.noise_level=300"])
